@@ -1,0 +1,403 @@
+"""The one neuron of the toolkit: an analog activation at T = 0, integrate-and-fire at T > 0.
+
+At ``time_steps == 0`` the neuron is ReLU, a trainable clip ``min(max(x, 0), λ)`` or QCFS
+(clip-floor-shift with L levels and trainable λ). At ``time_steps > 0`` it is an
+integrate-and-fire neuron on time-folded input ``[T·B, ...]``:
+
+    v_t = leak · v_{t-1} + x_t
+    s_t = H(v_t - θ)              (v ≥ θ, or v > θ with ``strict_firing``)
+    v_t ← v_t - s_t·θ             (reset "subtract")   or   v_t·(1 - s_t)   (reset "zero")
+    out_t = s_t · amplitude       (amplitude 1 or θ)
+
+The whole time loop is one autograd function: it keeps only the membrane potentials and the
+output spikes for the backward pass and runs the chosen gradient path by hand, which keeps
+BPTT fast and its memory small. Membrane state lives in local variables of each call, so two
+identical calls give identical outputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustsnn.snn.paths import GradientPath, parse_path
+
+ACTIVATIONS = ("relu", "clip", "qcfs")
+RESETS = ("subtract", "zero")
+INITIAL_POTENTIALS = ("zero", "half", "tensor")
+AMPLITUDES = ("unit", "threshold")
+
+
+def _reduce_to(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Sum a broadcast gradient back to ``shape``."""
+    if grad.shape == shape:
+        return grad
+    lead = grad.dim() - len(shape)
+    grad = grad.sum(dim=tuple(range(lead))) if lead > 0 else grad
+    dims = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
+    return grad.sum(dim=dims, keepdim=True) if dims else grad
+
+
+def _simulate(
+    x: torch.Tensor,
+    threshold: torch.Tensor,
+    v0: torch.Tensor,
+    leak: float,
+    soft_reset: bool,
+    strict: bool,
+    amplitude_is_threshold: bool,
+    keep_membrane: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Run the IF recurrence over ``x[t]``; return spikes·amplitude, membranes, final potential."""
+    steps = x.shape[0]
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    membrane = torch.empty_like(out) if keep_membrane else None
+    v = v0.expand_as(x[0])
+    amplitude = threshold if amplitude_is_threshold else None
+    for t in range(steps):
+        m = x[t] + v if leak == 1.0 else x[t] + leak * v
+        if membrane is not None:
+            membrane[t] = m
+        fired = m > threshold if strict else m >= threshold
+        spikes = fired.to(x.dtype)
+        out[t] = spikes if amplitude is None else spikes * amplitude
+        v = m - spikes * threshold if soft_reset else m.masked_fill(fired, 0.0)
+    return out, membrane, v
+
+
+class _IFFunction(torch.autograd.Function):
+    """IF dynamics over all time steps with a hand-written backward for every gradient path."""
+
+    @staticmethod
+    def forward(ctx, x, threshold, v0, leak, soft_reset, strict, amp_threshold, path):
+        out, membrane, final = _simulate(
+            x, threshold, v0, leak, soft_reset, strict, amp_threshold, keep_membrane=True
+        )
+        ctx.leak, ctx.soft, ctx.amp, ctx.path = leak, soft_reset, amp_threshold, path
+        ctx.v0_shape = v0.shape
+        extra = torch.empty(0)
+        if path.kind == "rga":
+            extra = x.mean(0)
+        elif path.kind == "pdsg":
+            extra = _cumulative_std(membrane.detach())
+        ctx.save_for_backward(membrane, out, threshold, extra)
+        ctx.mark_non_differentiable(final)
+        return out, final
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_final):
+        membrane, out, threshold, extra = ctx.saved_tensors
+        path: GradientPath = ctx.path
+        amp = threshold if ctx.amp else 1.0
+        steps = membrane.shape[0]
+        need_theta = ctx.needs_input_grad[1]
+        need_v0 = ctx.needs_input_grad[2]
+
+        if path.is_rate:
+            if path.kind == "bptr":
+                slope = (out != 0).any(0).to(grad_out.dtype)
+            else:
+                slope = path.rate_slope(extra, threshold, ctx.leak)
+            grad_x = grad_out * (amp * slope)
+            return grad_x, None, None, None, None, None, None, None
+
+        grad_x = torch.empty_like(membrane)
+        grad_theta = torch.zeros_like(membrane[0]) if need_theta else None
+        dv = torch.zeros_like(membrane[0])
+        for t in reversed(range(steps)):
+            m = membrane[t]
+            fired = out[t] != 0
+            u = m - threshold
+            sg = path.surrogate(u, extra[t] if path.kind == "pdsg" else None)
+            g_spike = grad_out[t] * amp
+            if ctx.soft:
+                g_spike = g_spike - dv * threshold
+                dm = dv + g_spike * sg
+            else:
+                g_spike = g_spike - dv * m
+                dm = dv.masked_fill(fired, 0.0) + g_spike * sg
+            grad_x[t] = dm
+            if need_theta:
+                grad_theta -= g_spike * sg
+                if ctx.soft:
+                    grad_theta -= dv * fired
+                if ctx.amp:
+                    grad_theta += grad_out[t] * fired
+            dv = dm * ctx.leak if ctx.leak != 1.0 else dm
+        if need_theta:
+            grad_theta = _reduce_to(grad_theta, threshold.shape)
+        grad_v0 = _reduce_to(dv, ctx.v0_shape) if need_v0 else None
+        return grad_x, grad_theta, grad_v0, None, None, None, None, None
+
+
+def _cumulative_std(membrane: torch.Tensor) -> torch.Tensor:
+    """Per-channel std of all membrane potentials seen up to each step (PDSG).
+
+    ``membrane`` is ``[T, B, C, ...]`` (or ``[T, B, F]``); the result broadcasts against
+    ``membrane[t]`` for every t. A zero spread is replaced by 1.
+    """
+    steps, batch = membrane.shape[:2]
+    channels = membrane.shape[2] if membrane.dim() > 2 else 1
+    flat = membrane.reshape(steps, batch, channels, -1)
+    count_per_step = batch * flat.shape[-1]
+    s1 = flat.sum(dim=(1, 3)).cumsum(0)
+    s2 = (flat * flat).sum(dim=(1, 3)).cumsum(0)
+    n = torch.arange(1, steps + 1, device=membrane.device, dtype=membrane.dtype)[:, None]
+    n = n * count_per_step
+    var = (s2 - s1 * s1 / n) / (n - 1).clamp_min(1)
+    std = var.clamp_min(0).sqrt()
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    shape = (steps, 1, channels) + (1,) * (membrane.dim() - 3)
+    return std.reshape(shape)
+
+
+class _StraightThroughFloor(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return torch.floor(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+class Neuron(nn.Module):
+    """An activation that is ReLU / clip / QCFS at T = 0 and an IF neuron at T > 0.
+
+    Args:
+        channels: number of channels (dim 1 of the input); needed for per-channel thresholds.
+        activation: analog activation at T = 0: ``relu``, ``clip`` (trainable λ) or ``qcfs``.
+        levels: QCFS quantisation levels L.
+        clip_value: initial λ of ``clip``/``qcfs``.
+        threshold: initial firing threshold θ.
+        per_channel: one threshold per channel instead of one per layer.
+        trainable_threshold: make θ a trained parameter (clamped below at ``threshold_min``).
+        leak: membrane decay per step (1.0 = integrate-and-fire).
+        initial_potential: ``zero``, ``half`` (θ/2) or ``tensor`` (set with
+            :meth:`set_initial_potential`).
+        reset: ``subtract`` (v - θ) or ``zero``.
+        strict_firing: fire on v > θ instead of v ≥ θ.
+        spike_amplitude: ``unit`` (spikes are 1) or ``threshold`` (spikes are θ).
+        gradient_path: backward approximation, e.g. ``triangle:1.0``.
+    """
+
+    def __init__(
+        self,
+        channels: int | None = None,
+        *,
+        activation: str = "relu",
+        levels: int = 8,
+        clip_value: float = 8.0,
+        threshold: float = 1.0,
+        per_channel: bool = False,
+        trainable_threshold: bool = False,
+        threshold_min: float = 0.03,
+        leak: float = 1.0,
+        initial_potential: str = "zero",
+        reset: str = "subtract",
+        strict_firing: bool = False,
+        spike_amplitude: str = "unit",
+        gradient_path: str | GradientPath = "triangle:1.0",
+    ) -> None:
+        super().__init__()
+        _check_choice("activation", activation, ACTIVATIONS)
+        _check_choice("reset", reset, RESETS)
+        _check_choice("initial_potential", initial_potential, INITIAL_POTENTIALS)
+        _check_choice("spike_amplitude", spike_amplitude, AMPLITUDES)
+        if per_channel and not channels:
+            raise ValueError("per-channel thresholds need the number of channels")
+        if not 0.0 < leak <= 1.0:
+            raise ValueError(f"leak must be in (0, 1], got {leak}")
+        if levels < 1:
+            raise ValueError(f"QCFS levels must be >= 1, got {levels}")
+        self.channels = channels
+        self.activation = activation
+        self.levels = int(levels)
+        self.leak = float(leak)
+        self.threshold_min = float(threshold_min)
+        self.initial_potential_mode = initial_potential
+        self.reset = reset
+        self.strict_firing = bool(strict_firing)
+        self.spike_amplitude = spike_amplitude
+        self.gradient_path = parse_path(gradient_path)
+        self.time_steps = 0
+        self.record_potential = False
+        self.final_potential: torch.Tensor | None = None
+        self._static_batch: int | None = None
+        shape = (channels,) if per_channel else ()
+        self.threshold = nn.Parameter(
+            torch.full(shape, float(threshold)), requires_grad=trainable_threshold
+        )
+        self.clip_value = (
+            nn.Parameter(torch.tensor(float(clip_value))) if activation != "relu" else None
+        )
+        self.register_buffer("initial_potential", None)
+
+    # ---- settings -------------------------------------------------------------------------
+    @property
+    def per_channel(self) -> bool:
+        return self.threshold.dim() == 1
+
+    def settings(self) -> dict[str, Any]:
+        """Everything needed to rebuild this neuron (tensors excluded), JSON-serialisable."""
+        return {
+            "channels": self.channels,
+            "activation": self.activation,
+            "levels": self.levels,
+            "per_channel": self.per_channel,
+            "trainable_threshold": self.threshold.requires_grad,
+            "threshold_min": self.threshold_min,
+            "leak": self.leak,
+            "initial_potential": self.initial_potential_mode,
+            "reset": self.reset,
+            "strict_firing": self.strict_firing,
+            "spike_amplitude": self.spike_amplitude,
+            "gradient_path": str(self.gradient_path),
+        }
+
+    def configure(self, **settings: Any) -> Neuron:
+        """Change settings in place (e.g. after conversion); unknown keys are refused."""
+        for key, value in settings.items():
+            if key == "reset":
+                _check_choice("reset", value, RESETS)
+                self.reset = value
+            elif key == "initial_potential":
+                _check_choice("initial_potential", value, INITIAL_POTENTIALS)
+                if value == "tensor" and self.initial_potential is None:
+                    raise ValueError("set a tensor with set_initial_potential() first")
+                self.initial_potential_mode = value
+            elif key == "spike_amplitude":
+                _check_choice("spike_amplitude", value, AMPLITUDES)
+                self.spike_amplitude = value
+            elif key == "strict_firing":
+                self.strict_firing = bool(value)
+            elif key == "leak":
+                if not 0.0 < float(value) <= 1.0:
+                    raise ValueError(f"leak must be in (0, 1], got {value}")
+                self.leak = float(value)
+            elif key == "trainable_threshold":
+                self.threshold.requires_grad_(bool(value))
+            elif key == "threshold_min":
+                self.threshold_min = float(value)
+            elif key == "gradient_path":
+                self.gradient_path = parse_path(value)
+            elif key == "activation":
+                _check_choice("activation", value, ACTIVATIONS)
+                if value != "relu" and self.clip_value is None:
+                    self.clip_value = nn.Parameter(torch.tensor(8.0))
+                self.activation = value
+            elif key == "levels":
+                self.levels = int(value)
+            else:
+                raise ValueError(f"unknown neuron setting '{key}'")
+        return self
+
+    @torch.no_grad()
+    def set_threshold(self, value: float | torch.Tensor) -> None:
+        """Set θ: a number (per layer) or a 1-D tensor of length ``channels`` (per channel)."""
+        value = torch.as_tensor(value, dtype=self.threshold.dtype, device=self.threshold.device)
+        if value.dim() > 1 or (value.dim() == 1 and value.numel() != self.channels):
+            raise ValueError(
+                f"threshold must be a scalar or have {self.channels} entries, got {tuple(value.shape)}"
+            )
+        trainable = self.threshold.requires_grad
+        self.threshold = nn.Parameter(value.clone(), requires_grad=trainable)
+
+    @torch.no_grad()
+    def set_initial_potential(self, value: torch.Tensor | None) -> None:
+        """Use a tensor v0 (one value per neuron of a sample, or per channel); None clears it."""
+        if value is None:
+            self.initial_potential = None
+            if self.initial_potential_mode == "tensor":
+                self.initial_potential_mode = "zero"
+            return
+        self.initial_potential = value.detach().clone().to(self.threshold.device)
+        self.initial_potential_mode = "tensor"
+
+    def effective_threshold(self) -> torch.Tensor:
+        """θ as used in the forward pass (clamped below when trainable)."""
+        if self.threshold.requires_grad:
+            return self.threshold.clamp(min=self.threshold_min)
+        return self.threshold
+
+    # ---- forward -------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.time_steps == 0:
+            return self._analog(x)
+        return self._spiking(x)
+
+    def _analog(self, x: torch.Tensor) -> torch.Tensor:
+        if self.activation == "relu":
+            return torch.relu(x)
+        lam = self.clip_value
+        y = (x / lam).clamp(0, 1)
+        if self.activation == "qcfs":
+            y = _StraightThroughFloor.apply(y * self.levels + 0.5) / self.levels
+        return y * lam
+
+    def _spiking(self, x: torch.Tensor) -> torch.Tensor:
+        steps = self.time_steps
+        if self._static_batch is not None and x.shape[0] == self._static_batch:
+            seq = x.unsqueeze(0).expand(steps, *x.shape)
+        else:
+            if x.shape[0] % steps:
+                raise ValueError(
+                    f"neuron input has leading size {x.shape[0]}, not a multiple of T = {steps}"
+                )
+            seq = x.reshape(steps, x.shape[0] // steps, *x.shape[1:])
+        per_sample = seq.dim() - 2
+        theta = self.effective_threshold()
+        if theta.dim() == 1:
+            theta = theta.view(-1, *([1] * (per_sample - 1)))
+        v0 = self._initial_potential(theta, per_sample).to(x.dtype)
+        soft = self.reset == "subtract"
+        amp = self.spike_amplitude == "threshold"
+        if torch.is_grad_enabled() and (
+            seq.requires_grad or theta.requires_grad or v0.requires_grad
+        ):
+            out, final = _IFFunction.apply(
+                seq, theta, v0, self.leak, soft, self.strict_firing, amp, self.gradient_path
+            )
+        else:
+            out, _, final = _simulate(
+                seq, theta, v0, self.leak, soft, self.strict_firing, amp, keep_membrane=False
+            )
+        self.final_potential = final.detach() if self.record_potential else None
+        return out.reshape(-1, *out.shape[2:])
+
+    def _initial_potential(self, theta: torch.Tensor, per_sample: int) -> torch.Tensor:
+        mode = self.initial_potential_mode
+        if mode == "zero":
+            return torch.zeros((), device=theta.device)
+        if mode == "half":
+            return theta / 2
+        v0 = self.initial_potential
+        if v0.dim() == 1 and per_sample > 1:
+            v0 = v0.view(-1, *([1] * (per_sample - 1)))
+        return v0
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "threshold"
+        if key in state_dict and state_dict[key].shape != self.threshold.shape:
+            self.set_threshold(torch.zeros_like(state_dict[key]))
+        key = prefix + "initial_potential"
+        if key in state_dict:
+            self.initial_potential = torch.zeros_like(state_dict[key])
+        key = prefix + "clip_value"
+        if key in state_dict and self.clip_value is None:
+            self.clip_value = nn.Parameter(torch.zeros_like(state_dict[key]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        theta = "per-channel" if self.per_channel else f"{float(self.threshold):.4g}"
+        return (
+            f"activation={self.activation}, T={self.time_steps}, threshold={theta}, "
+            f"reset={self.reset}, v0={self.initial_potential_mode}, path={self.gradient_path}"
+        )
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
