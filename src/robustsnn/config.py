@@ -1,0 +1,323 @@
+"""Typed, validated run configuration (YAML), and the named presets shipped in ``configs/``.
+
+A config describes one run of the pipeline: robust ANN → conversion → robust finetuning →
+evaluation → energy. Every section is a dataclass; loading checks every key and value and a
+mistake gives one line naming the key and the accepted values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the key and what is accepted."""
+
+
+def parse_eps(value: Any, key: str = "eps") -> float:
+    """A budget as a number or a fraction string such as ``"8/255"``; must be >= 0."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            if "/" in text:
+                num, den = text.split("/", 1)
+                value = float(num) / float(den)
+            else:
+                value = float(text)
+        except (ValueError, ZeroDivisionError):
+            raise ConfigError(f"{key}: '{text}' is not a number or a fraction like 8/255") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key}: expected a number or a fraction like 8/255, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{key}: must be a finite number >= 0, got {value}")
+    return value
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "mnist5k"
+    root: str | None = None
+    train_samples: int | None = None
+    test_samples: int | None = None
+    augment: list[str] | None = None
+
+
+@dataclass
+class ModelConfig:
+    name: str = "small_cnn"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    neuron: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    """Robust ANN training (stage 1)."""
+
+    objective: str = "pgd_at"
+    eps: float = 2 / 255
+    steps: int = 10
+    step_size: float | None = None
+    beta: float = 6.0
+    epochs: int = 200
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+
+
+@dataclass
+class ConversionConfig:
+    recipe: str = "threshold-balancing"
+    time_steps: int = 8
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FinetuneConfig:
+    """Robust SNN finetuning (stage 3)."""
+
+    enabled: bool = True
+    epochs: int = 60
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-3
+    beta: float = 2.0
+    loss: str = "trades"
+    eps: float = 2 / 255
+    step_size: float | None = None
+    inner: str = "rfgsm"
+    surrogate: str = "triangle:1.0"
+
+
+@dataclass
+class EvaluationConfig:
+    suite: str = "quick"
+    eps: list[float] = field(default_factory=lambda: [2 / 255])
+    attack: str = "pgd"
+    steps: int = 10
+    paths: list[str] = field(
+        default_factory=lambda: ["triangle:1.0", "rect:1.0", "exp:1.0:1.0", "bptr", "ann"]
+    )
+    samples: int | None = 1000
+    batch_size: int = 256
+
+
+@dataclass
+class EnergyConfig:
+    enabled: bool = True
+    preset: str = "45nm-fp32"
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    ann: TrainConfig = field(default_factory=TrainConfig)
+    conversion: ConversionConfig = field(default_factory=ConversionConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    energy: EnergyConfig = field(default_factory=EnergyConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "ann.objective": ("ce", "pgd_at", "trades", "mart"),
+    "ann.optimizer": ("sgd", "adam"),
+    "ann.schedule": ("cosine", "step", "none"),
+    "finetune.loss": ("trades", "mart"),
+    "finetune.inner": ("rfgsm", "fgsm", "pgd"),
+    "evaluation.attack": ("fgsm", "rfgsm", "pgd"),
+}
+_POSITIVE_INT = {
+    "ann.epochs",
+    "ann.steps",
+    "ann.batch_size",
+    "conversion.time_steps",
+    "finetune.epochs",
+    "finetune.batch_size",
+    "evaluation.steps",
+    "evaluation.batch_size",
+}
+_EPS_KEYS = {"ann.eps", "ann.step_size", "finetune.eps", "finetune.step_size"}
+
+
+def _convert(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{key}: a value is required")
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], key)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    if hint is float:
+        if key.split(".")[-1] in ("eps", "step_size") or key in _EPS_KEYS:
+            return parse_eps(value, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if origin is list:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item,) = args
+        if item is float and key.endswith("eps"):
+            return [parse_eps(v, key) for v in value]
+        return [_convert(v, item, key) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def _build(cls: type, data: Any, prefix: str = "") -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise ConfigError(f"unknown key '{full}'; accepted: {', '.join(names)}")
+        kwargs[key] = _convert(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def validate(config: RunConfig) -> RunConfig:
+    """Check values that types alone cannot (choices, ranges, names of datasets and models)."""
+    flat = _flatten(config.to_dict())
+    for key, choices in _CHOICES.items():
+        if flat[key] not in choices:
+            raise ConfigError(f"{key}: '{flat[key]}' is not one of {', '.join(choices)}")
+    for key in _POSITIVE_INT:
+        if flat[key] < 1:
+            what = "an SNN stage needs T >= 1" if key == "conversion.time_steps" else "must be >= 1"
+            raise ConfigError(f"{key}: {what}, got {flat[key]}")
+    for key in ("ann.lr", "finetune.lr"):
+        if flat[key] <= 0:
+            raise ConfigError(f"{key}: must be > 0, got {flat[key]}")
+    for key in ("ann.weight_decay", "finetune.weight_decay", "ann.beta", "finetune.beta"):
+        if flat[key] < 0:
+            raise ConfigError(f"{key}: must be >= 0, got {flat[key]}")
+    if not config.evaluation.eps:
+        raise ConfigError("evaluation.eps: give at least one budget")
+    for key in ("data.train_samples", "data.test_samples", "evaluation.samples"):
+        if flat[key] is not None and flat[key] < 1:
+            raise ConfigError(f"{key}: must be >= 1 or null, got {flat[key]}")
+    _check_names(config)
+    return config
+
+
+def _check_names(config: RunConfig) -> None:
+    from robustsnn.data import list_datasets
+    from robustsnn.models import list_models
+    from robustsnn.snn.paths import expand_paths
+
+    if config.data.dataset not in list_datasets():
+        raise ConfigError(
+            f"data.dataset: unknown dataset '{config.data.dataset}'; "
+            f"accepted: {', '.join(list_datasets())}"
+        )
+    if config.model.name not in list_models():
+        raise ConfigError(
+            f"model.name: unknown model '{config.model.name}'; accepted: {', '.join(list_models())}"
+        )
+    try:
+        expand_paths(config.evaluation.paths)
+        expand_paths([config.finetune.surrogate])
+    except ValueError as err:
+        raise ConfigError(f"evaluation.paths / finetune.surrogate: {err}") from None
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if isinstance(v, dict) and k not in ("kwargs", "neuron", "options"):
+            out.update(_flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    """Build and validate a :class:`RunConfig` from plain data (e.g. parsed YAML)."""
+    return validate(_build(RunConfig, data))
+
+
+def list_presets() -> list[str]:
+    """Names of the configs shipped with the package."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def load_config(source: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Load a YAML file or a preset name; ``overrides`` maps dotted keys to values."""
+    path = Path(source)
+    if not path.exists():
+        preset = CONFIG_DIR / f"{source}.yaml"
+        if not preset.exists():
+            raise FileNotFoundError(
+                f"config '{source}' not found: give a YAML file or one of the presets "
+                f"({', '.join(list_presets())})"
+            )
+        path = preset
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    for key, value in (overrides or {}).items():
+        _set_dotted(data, key, value)
+    return config_from_dict(data)
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{key}': '{part}' is not a section")
+    node[parts[-1]] = value
