@@ -126,7 +126,7 @@ def checkpoint_metadata(model: nn.Module, metadata: dict[str, Any] | None = None
 def save_checkpoint(
     model: nn.Module, path: str | Path, metadata: dict[str, Any] | None = None
 ) -> Path:
-    """Write ``<stem>.safetensors`` (all tensors) and ``<stem>.json`` (how to rebuild), atomically."""
+    """Write ``<stem>.safetensors`` (tensors) and ``<stem>.json`` (how to rebuild), atomically."""
     from safetensors.torch import save
 
     stem = _stem(path)

@@ -205,7 +205,7 @@ def read_image_folder(
 
 
 def read_dvs_frames(root: Path, steps: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """CIFAR10-DVS frames in SpikingJelly's layout: ``frames_number_T_split_by_number/<class>/*.npz``."""
+    """CIFAR10-DVS frames, SpikingJelly layout ``frames_number_T_split_by_number/<class>/*.npz``."""
     base = root / f"frames_number_{steps}_split_by_number"
     if not base.is_dir():
         raise FileNotFoundError(

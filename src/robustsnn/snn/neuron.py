@@ -300,7 +300,8 @@ class Neuron(nn.Module):
         value = torch.as_tensor(value, dtype=self.threshold.dtype, device=self.threshold.device)
         if value.dim() > 1 or (value.dim() == 1 and value.numel() != self.channels):
             raise ValueError(
-                f"threshold must be a scalar or have {self.channels} entries, got {tuple(value.shape)}"
+                f"threshold must be a scalar or have {self.channels} entries, "
+                f"got shape {tuple(value.shape)}"
             )
         trainable = self.threshold.requires_grad
         self.threshold = nn.Parameter(value.clone(), requires_grad=trainable)

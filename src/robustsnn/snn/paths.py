@@ -68,7 +68,9 @@ class GradientPath:
             )
         for name, value in zip(names, self.params, strict=True):
             if not math.isfinite(value) or (value <= 0 and name != "low_slope") or value < 0:
-                raise ValueError(f"gradient path '{self.kind}': {name} must be positive, got {value}")
+                raise ValueError(
+                    f"gradient path '{self.kind}': {name} must be positive, got {value}"
+                )
 
     def __str__(self) -> str:
         return ":".join([self.kind, *(_format_number(p) for p in self.params)])
@@ -194,7 +196,7 @@ def expand_paths(spec: str | GradientPath | list | tuple) -> list[GradientPath]:
     out: list[GradientPath] = []
     for item in items:
         key = item.strip().lower() if isinstance(item, str) else None
-        members = PATH_SETS[key] if key in PATH_SETS else (item,)
+        members = PATH_SETS.get(key, (item,)) if key is not None else (item,)
         for m in members:
             path = parse_path(m)
             if path not in out:

@@ -1,0 +1,262 @@
+"""The main job: robust ANN → conversion → robust finetuning → evaluation, in a run directory.
+
+``run(config, run_dir)`` executes every stage of a :class:`~robustsnn.config.RunConfig` and
+writes ``config.yaml``, ``ann``/``snn_converted``/``snn`` checkpoints, ``log.jsonl``,
+``summary.json`` and ``report.md``. A stage whose checkpoint exists is loaded instead of
+recomputed unless ``force``; ``resume`` continues an interrupted training stage from its last
+epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robustsnn.config import RunConfig
+from robustsnn.io import (
+    RunDir,
+    append_jsonl,
+    atomic_write_json,
+    atomic_write_text,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+STAGES = ("ann", "snn_converted", "snn_finetuned")
+_CHECKPOINT_NAMES = {"ann": "ann", "snn_converted": "snn_converted", "snn_finetuned": "snn"}
+
+
+@dataclass
+class Callbacks:
+    """Hooks the command line uses to draw progress; every one is optional."""
+
+    on_stage: Callable[[str, str], None] | None = None
+    train: Any = None
+    evaluation: Callable[..., None] | None = None
+
+    def stage(self, name: str, status: str) -> None:
+        if self.on_stage is not None:
+            self.on_stage(name, status)
+
+
+def _load_data(config: RunConfig):
+    from robustsnn.data import load_dataset
+
+    train = load_dataset(config.data.dataset, split="train", root=config.data.root)
+    test = load_dataset(config.data.dataset, split="test", root=config.data.root)
+    if config.data.train_samples is not None:
+        train = train.take(config.data.train_samples)
+    if config.data.test_samples is not None:
+        test = test.take(config.data.test_samples)
+    return train, test
+
+
+def build_model(config: RunConfig, info) -> torch.nn.Module:
+    """The configured zoo model, shaped and normalised for the dataset ``info``."""
+    from robustsnn.models import create_model
+
+    kwargs = dict(config.model.kwargs)
+    kwargs.setdefault("input_shape", tuple(info.input_shape))
+    kwargs.setdefault("num_classes", info.num_classes)
+    kwargs.setdefault("mean", list(info.mean))
+    kwargs.setdefault("std", list(info.std))
+    if config.model.neuron:
+        kwargs["neuron"] = dict(config.model.neuron)
+    return create_model(config.model.name, **kwargs)
+
+
+def _augment(config: RunConfig, info):
+    from robustsnn.data import build_augmentation
+
+    return build_augmentation(config.data.augment, info) if config.data.augment else None
+
+
+def _train_ann(config: RunConfig, model, train, test, rd: RunDir, resume: bool, cb: Callbacks):
+    from robustsnn.train import fit, make_objective
+
+    c = config.ann
+    objective = make_objective(
+        c.objective, eps=c.eps, steps=c.steps, step_size=c.step_size, beta=c.beta
+    )
+    return fit(
+        model,
+        train,
+        objective=objective,
+        epochs=c.epochs,
+        batch_size=c.batch_size,
+        optimizer=c.optimizer,
+        lr=c.lr,
+        momentum=c.momentum,
+        weight_decay=c.weight_decay,
+        schedule=c.schedule,
+        augment=_augment(config, train.info),
+        seed=config.seed,
+        checkpoint_dir=rd.path / "train" / "ann",
+        resume=resume,
+        eval_set=test,
+        callbacks=cb.train,
+    )
+
+
+def _convert(config: RunConfig, ann, train):
+    from robustsnn.convert import convert
+
+    snn = copy.deepcopy(ann)
+    torch.manual_seed(config.seed)
+    options = dict(config.conversion.options)
+    options.setdefault("time_steps", config.conversion.time_steps)
+    return convert(snn, config.conversion.recipe, train, **options)
+
+
+def _finetune(config: RunConfig, snn, train, test, rd: RunDir, resume: bool, cb: Callbacks):
+    from robustsnn.train import robust_finetune
+
+    c = config.finetune
+    return robust_finetune(
+        snn,
+        train,
+        epochs=c.epochs,
+        lr=c.lr,
+        weight_decay=c.weight_decay,
+        beta=c.beta,
+        eps=c.eps,
+        step_size=c.step_size,
+        inner=c.inner,
+        surrogate=c.surrogate,
+        loss=c.loss,
+        batch_size=c.batch_size,
+        seed=config.seed,
+        augment=_augment(config, train.info),
+        checkpoint_dir=rd.path / "train" / "finetune",
+        resume=resume,
+        eval_set=test,
+        callbacks=cb.train,
+    )
+
+
+def evaluate_stage(model, test, config: RunConfig, *, is_snn: bool) -> dict[str, Any]:
+    """Clean accuracy and the per-sample worst case of the configured attack per ε."""
+    from robustsnn.attacks import worst_case_accuracy
+
+    c = config.evaluation
+    images, labels = test.images, test.labels
+    if c.samples is not None:
+        images, labels = images[: c.samples], labels[: c.samples]
+    paths = list(c.paths) if is_snn else ["ann"]
+    robust: dict[str, Any] = {}
+    clean = None
+    for eps in c.eps:
+        result = worst_case_accuracy(
+            model,
+            images,
+            labels,
+            eps=eps,
+            paths=paths,
+            attack=c.attack,
+            steps=c.steps,
+            batch_size=c.batch_size,
+            seed=config.seed,
+        )
+        clean = result.clean_accuracy
+        robust[_eps_key(eps)] = {
+            "eps": eps,
+            "worst_case_accuracy": result.robust_accuracy,
+            "per_member": dict(result.per_member),
+        }
+    return {
+        "clean_accuracy": clean,
+        "robust": robust,
+        "attack": {"name": c.attack, "steps": c.steps, "paths": paths, "samples": len(labels)},
+    }
+
+
+def _eps_key(eps: float) -> str:
+    return f"{eps:.6g}"
+
+
+def run(
+    config: RunConfig,
+    run_dir: str | Path,
+    *,
+    force: bool = False,
+    resume: bool = False,
+    callbacks: Callbacks | None = None,
+) -> dict[str, Any]:
+    """Run every stage of ``config`` into ``run_dir``; return the summary (also written)."""
+    cb = callbacks or Callbacks()
+    rd = RunDir.create(Path(run_dir))
+    atomic_write_text(rd.config_path, config.to_yaml())
+    torch.manual_seed(config.seed)
+    train, test = _load_data(config)
+    summary: dict[str, Any] = {
+        "name": config.name,
+        "dataset": config.data.dataset,
+        "model": config.model.name,
+        "time_steps": config.conversion.time_steps,
+        "stages": {},
+        "wall_time_s": {},
+    }
+
+    models: dict[str, torch.nn.Module] = {}
+    for stage in STAGES:
+        if stage == "snn_finetuned" and not config.finetune.enabled:
+            continue
+        stem = rd.path / _CHECKPOINT_NAMES[stage]
+        if not force and Path(f"{stem}.safetensors").exists():
+            cb.stage(stage, "loaded")
+            models[stage], _ = load_checkpoint(stem)
+            summary["wall_time_s"][stage] = _previous_wall_time(rd, stage)
+            continue
+        cb.stage(stage, "running")
+        start = time.perf_counter()
+        metadata: dict[str, Any] = {"stage": stage, "run": config.name}
+        if stage == "ann":
+            model = build_model(config, train.info)
+            result = _train_ann(config, model, train, test, rd, resume, cb)
+            metadata["recipe"] = {"objective": config.to_dict()["ann"], "seed": config.seed}
+        elif stage == "snn_converted":
+            model = _convert(config, models["ann"], train)
+            metadata["recipe"] = {"conversion": config.to_dict()["conversion"]}
+            result = None
+        else:
+            model = copy.deepcopy(models["snn_converted"])
+            result = _finetune(config, model, train, test, rd, resume, cb)
+            metadata["recipe"] = {"finetune": config.to_dict()["finetune"]}
+        elapsed = time.perf_counter() - start
+        if result is not None:
+            metadata["metrics"] = {"history": getattr(result, "history", None)}
+        metadata["wall_time_s"] = elapsed
+        save_checkpoint(model, stem, metadata)
+        append_jsonl(rd.log_path, {"stage": stage, "event": "done", "wall_time_s": elapsed})
+        summary["wall_time_s"][stage] = elapsed
+        models[stage] = model
+
+    for stage, model in models.items():
+        cb.stage(f"evaluate {stage}", "running")
+        start = time.perf_counter()
+        model.eval()
+        summary["stages"][stage] = evaluate_stage(model, test, config, is_snn=stage != "ann")
+        summary["stages"][stage]["time_steps"] = int(getattr(model, "time_steps", 0))
+        summary["wall_time_s"][f"evaluate_{stage}"] = time.perf_counter() - start
+
+    atomic_write_json(rd.summary_path, summary)
+    from robustsnn.report import render_report
+
+    atomic_write_text(rd.report_path, render_report(summary, config))
+    return summary
+
+
+def _previous_wall_time(rd: RunDir, stage: str) -> float | None:
+    meta_path = rd.path / f"{_CHECKPOINT_NAMES[stage]}.json"
+    try:
+        import json
+
+        return json.loads(meta_path.read_text()).get("wall_time_s")
+    except (OSError, ValueError):
+        return None
