@@ -120,13 +120,13 @@ class Objective:
         if self.name == "ce" or self.eps == 0 and self.name == "pgd_at":
             logits = model(x)
             loss = F.cross_entropy(logits, y)
-            return loss, {"loss": float(loss), "acc": float((logits.argmax(1) == y).float().mean())}
+            return loss, {"loss": float(loss.detach()), "acc": float((logits.argmax(1) == y).float().mean())}
         if self.name == "pgd_at":
             x_adv = self.attack(model, x, _ce, y, self._start(x, generator, "uniform"))
             logits = model(x_adv)
             loss = F.cross_entropy(logits, y)
             acc = float((logits.argmax(1) == y).float().mean())
-            return loss, {"loss": float(loss), "adv_acc": acc}
+            return loss, {"loss": float(loss.detach()), "adv_acc": acc}
         with eval_mode(model), torch.no_grad():
             clean_probs = F.softmax(model(x), 1)
         loss_fn = kl_to_clean(clean_probs) if self.name == "trades" else _ce
@@ -142,7 +142,7 @@ class Objective:
         else:
             loss = mart_loss(logits, logits_adv, y, self.beta)
         metrics = {
-            "loss": float(loss),
+            "loss": float(loss.detach()),
             "acc": float((logits.argmax(1) == y).float().mean()),
             "adv_acc": float((logits_adv.argmax(1) == y).float().mean()),
         }
