@@ -74,7 +74,8 @@ def test_per_channel_threshold_and_threshold_amplitude():
 
 
 def test_tensor_initial_potential():
-    # v0 = (.5, 0) per channel, θ = 1, input .5: ch0 1.0→spike, 0 | .5 | 1.0→spike; ch1 .5 | 1.0→s | .5
+    # v0 = (.5, 0) per channel, θ = 1, input .5:
+    # ch0 1.0→spike, 0 | .5 | 1.0→spike;  ch1 .5 | 1.0→spike, 0 | .5
     n = Neuron(2)
     n.set_initial_potential(torch.tensor([0.5, 0.0]))
     out = run(n, constant(0.5, 3, channels=2), 3)

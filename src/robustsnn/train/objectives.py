@@ -120,7 +120,10 @@ class Objective:
         if self.name == "ce" or self.eps == 0 and self.name == "pgd_at":
             logits = model(x)
             loss = F.cross_entropy(logits, y)
-            return loss, {"loss": float(loss.detach()), "acc": float((logits.argmax(1) == y).float().mean())}
+            return loss, {
+                "loss": float(loss.detach()),
+                "acc": float((logits.argmax(1) == y).float().mean()),
+            }
         if self.name == "pgd_at":
             x_adv = self.attack(model, x, _ce, y, self._start(x, generator, "uniform"))
             logits = model(x_adv)
