@@ -1,7 +1,16 @@
-"""Checkpoints (safetensors + JSON), pickle-free weight import, atomic writes, run directories."""
+"""Checkpoints (safetensors + JSON), pickle-free weight import, atomic writes, run directories.
+
+A checkpoint is a pair of files with one stem: ``<stem>.safetensors`` holds every tensor of the
+model's state dict (parameters and buffers: per-channel thresholds, initial potentials, BN
+statistics, normalisation) and ``<stem>.json`` holds everything else needed to rebuild the model
+exactly: the registry name and arguments, each neuron's settings, T, the input encoding,
+provenance and whatever the caller adds (recipe, metrics, stage). Nothing is ever unpickled
+when a checkpoint is loaded.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -16,41 +25,94 @@ from torch import nn
 
 FORMAT = "robustsnn-checkpoint"
 VERSION = 1
+RESERVED_KEYS = (
+    "format",
+    "version",
+    "architecture",
+    "input_shape",
+    "num_classes",
+    "time_steps",
+    "encoding",
+    "poisson_seed",
+    "neurons",
+    "normalisation",
+    "tensors_sha256",
+)
+_TENSOR_SUFFIX = ".safetensors"
+_META_SUFFIX = ".json"
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_NEW_FILE_MODE = 0o666 & ~_read_umask()
+
+
+# ---- atomic files ----------------------------------------------------------------------------
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half.
+
+    The bytes go to a temporary file in the same directory, are flushed and fsynced, and the
+    temporary file then replaces ``path`` in one ``os.replace``. On any failure the temporary
+    file is removed and an existing ``path`` is left untouched.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o777 if path.exists() else _NEW_FILE_MODE
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_directory(path.parent)
     return path
 
 
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename durable (best effort: not every platform can open a directory)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
+    """:func:`atomic_write_bytes` for UTF-8 text."""
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def to_json(obj: Any) -> str:
+    """Indented JSON; tensors, numpy scalars/arrays, tuples and paths become plain values."""
+    return json.dumps(obj, indent=2, default=_jsonable) + "\n"
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(
-        path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n"
-    )
+    """:func:`atomic_write_bytes` for a JSON document (see :func:`to_json`)."""
+    return atomic_write_text(path, to_json(obj))
 
 
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
-    """Append one JSON line (flushed and synced)."""
+    """Append ``record`` as one JSON line, flushed and fsynced (a log survives a crash)."""
+    line = json.dumps(record, default=_jsonable) + "\n"
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, default=_jsonable) + "\n")
+        f.write(line)
         f.flush()
         os.fsync(f.fileno())
 
@@ -60,48 +122,72 @@ def _jsonable(obj: Any) -> Any:
         return obj.tolist()
     if isinstance(obj, Path):
         return str(obj)
-    if isinstance(obj, tuple):
-        return list(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
     if hasattr(obj, "item"):
         return obj.item()
     raise TypeError(f"cannot write {type(obj).__name__} to JSON")
 
 
-def _stem(path: str | Path) -> Path:
+# ---- checkpoints -----------------------------------------------------------------------------
+def checkpoint_files(path: str | Path) -> tuple[Path, Path]:
+    """``(tensors, metadata)`` paths of a checkpoint named by either file or by its stem."""
     path = Path(path)
-    if path.suffix in (".safetensors", ".json"):
-        return path.with_suffix("")
-    return path
+    if path.suffix in (_TENSOR_SUFFIX, _META_SUFFIX):
+        path = path.with_suffix("")
+    return path.with_name(path.name + _TENSOR_SUFFIX), path.with_name(path.name + _META_SUFFIX)
 
 
 def _state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for key, value in model.state_dict().items():
-        out[key] = value.detach().cpu().contiguous().clone()
-    return out
+    """The state dict as independent, contiguous CPU tensors (safetensors refuses shared ones)."""
+    return {
+        key: value.detach().to("cpu", copy=True).contiguous()
+        for key, value in model.state_dict().items()
+    }
+
+
+def _architecture(model: nn.Module) -> dict[str, Any]:
+    arch = model.architecture() if hasattr(model, "architecture") else None
+    arch = arch or getattr(model, "_architecture", None)
+    if not arch or "name" not in arch:
+        raise ValueError(
+            f"{type(model).__name__} carries no architecture information, so a checkpoint could "
+            "not rebuild it: build the model with robustsnn.models.create_model(name, ...)"
+        )
+    arch = {"name": arch["name"], "kwargs": dict(arch.get("kwargs") or {})}
+    try:
+        json.dumps(arch)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"the arguments of model '{arch['name']}' cannot be written to JSON ({err}); "
+            "pass plain numbers, strings, lists and dicts to create_model()"
+        ) from None
+    return arch
 
 
 def checkpoint_metadata(model: nn.Module, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The JSON half of a checkpoint: everything needed to rebuild ``model``."""
+    """The JSON half of a checkpoint: everything needed to rebuild ``model``, plus ``metadata``.
+
+    ``metadata`` keys are stored at the top level (e.g. ``recipe``, ``metrics``, ``stage``); a
+    ``provenance`` dict is merged into the automatic provenance. Keys that describe the model
+    itself (:data:`RESERVED_KEYS`) cannot be overridden.
+    """
     from robustsnn import __version__
     from robustsnn.models.layers import Normalize
-    from robustsnn.snn.network import named_neurons
+    from robustsnn.snn.network import get_time_steps, named_neurons
 
-    architecture = getattr(model, "_architecture", None)
-    if not architecture:
-        raise ValueError(
-            "the model carries no architecture information: build it with "
-            "robustsnn.models.create_model() (or robustsnn.convert.from_torch())"
-        )
     normalize = next((m for m in model.modules() if isinstance(m, Normalize)), None)
     meta: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
-        "architecture": architecture,
+        "architecture": _architecture(model),
         "input_shape": list(getattr(model, "input_shape", ())),
         "num_classes": getattr(model, "num_classes", None),
-        "time_steps": int(getattr(model, "time_steps", 0)),
+        "time_steps": get_time_steps(model),
         "encoding": getattr(model, "encoding", "direct"),
+        "poisson_seed": getattr(model, "poisson_seed", None),
         "neurons": {name: n.settings() for name, n in named_neurons(model)},
         "normalisation": None
         if normalize is None
@@ -114,9 +200,11 @@ def checkpoint_metadata(model: nn.Module, metadata: dict[str, Any] | None = None
         },
     }
     for key, value in (metadata or {}).items():
-        if key in ("format", "version", "architecture", "neurons"):
-            raise ValueError(f"metadata key '{key}' is reserved")
-        if key == "provenance" and isinstance(value, dict):
+        if key in RESERVED_KEYS:
+            raise ValueError(f"metadata key '{key}' is reserved: it is taken from the model")
+        if key == "provenance":
+            if not isinstance(value, dict):
+                raise ValueError("metadata 'provenance' must be a dict")
             meta["provenance"].update(value)
         else:
             meta[key] = value
@@ -126,120 +214,237 @@ def checkpoint_metadata(model: nn.Module, metadata: dict[str, Any] | None = None
 def save_checkpoint(
     model: nn.Module, path: str | Path, metadata: dict[str, Any] | None = None
 ) -> Path:
-    """Write ``<stem>.safetensors`` (tensors) and ``<stem>.json`` (how to rebuild), atomically."""
+    """Write ``<stem>.safetensors`` and ``<stem>.json`` atomically; return the tensor file.
+
+    ``path`` may end in ``.safetensors`` (or ``.json``) or be the bare stem. Everything is
+    serialised before the first byte is written, so bad metadata leaves an existing
+    checkpoint untouched; the JSON records a SHA-256 of the tensor file, so a pair torn by a
+    crash between the two writes is detected on load.
+    """
     from safetensors.torch import save
 
-    stem = _stem(path)
+    tensor_path, meta_path = checkpoint_files(path)
     meta = checkpoint_metadata(model, metadata)
-    atomic_write_bytes(stem.with_suffix(".safetensors"), save(_state_tensors(model)))
-    atomic_write_json(stem.with_suffix(".json"), meta)
-    return stem.with_suffix(".safetensors")
+    blob = save(_state_tensors(model))
+    meta["tensors_sha256"] = hashlib.sha256(blob).hexdigest()
+    try:
+        text = to_json(meta)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"checkpoint metadata cannot be written to JSON ({err})") from None
+    atomic_write_bytes(tensor_path, blob)
+    atomic_write_text(meta_path, text)
+    return tensor_path
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The JSON half of a checkpoint, validated."""
-    stem = _stem(path)
-    meta_path = stem.with_suffix(".json")
+    """The JSON half of a checkpoint, checked to be a robustsnn checkpoint this version reads."""
+    tensor_path, meta_path = checkpoint_files(path)
     if not meta_path.exists():
         raise FileNotFoundError(
-            f"checkpoint not found: expected {meta_path} beside {stem.with_suffix('.safetensors')}"
+            f"checkpoint not found: expected {tensor_path} and {meta_path}"
+            + ("" if not tensor_path.exists() else f" ({meta_path.name} is missing)")
         )
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as err:
         raise ValueError(f"{meta_path}: not valid JSON ({err})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"{meta_path}: not a robustsnn checkpoint (no format '{FORMAT}')")
-    if meta.get("version", 0) > VERSION:
-        raise ValueError(f"{meta_path}: written by a newer robustsnn (version {meta['version']})")
+        raise ValueError(f'{meta_path}: not a robustsnn checkpoint (no "format": "{FORMAT}")')
+    version = meta.get("version")
+    if not isinstance(version, int) or version < 1:
+        raise ValueError(f"{meta_path}: invalid checkpoint version {version!r}")
+    if version > VERSION:
+        raise ValueError(
+            f"{meta_path}: written by a newer robustsnn (checkpoint version {version}, "
+            f"this one reads up to {VERSION}); upgrade robustsnn"
+        )
+    arch = meta.get("architecture")
+    if (
+        not isinstance(arch, dict)
+        or not isinstance(arch.get("name"), str)
+        or not isinstance(arch.get("kwargs", {}), dict)
+    ):
+        raise ValueError(f'{meta_path}: \'architecture\' must be {{"name": ..., "kwargs": {{}}}}')
+    if not isinstance(meta.get("neurons"), dict):
+        raise ValueError(f"{meta_path}: 'neurons' must map neuron names to their settings")
+    steps = meta.get("time_steps", 0)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"{meta_path}: 'time_steps' must be an integer >= 0, got {steps!r}")
     return meta
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the model of a checkpoint exactly (architecture, neuron settings, T, tensors)."""
+def _read_tensors(tensor_path: Path, expected_sha256: str | None) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
-    from robustsnn.models import create_model
-    from robustsnn.snn.network import named_neurons, set_time_steps
-
-    stem = _stem(path)
-    meta = read_metadata(stem)
-    tensor_path = stem.with_suffix(".safetensors")
     if not tensor_path.exists():
         raise FileNotFoundError(f"checkpoint tensors not found: expected {tensor_path}")
-    arch = meta["architecture"]
-    model = create_model(arch["name"], **arch.get("kwargs", {}))
-    neurons = dict(named_neurons(model))
-    if set(neurons) != set(meta.get("neurons", {})):
-        raise ValueError(f"{stem}: the neurons of '{arch['name']}' do not match the checkpoint")
-    for name, settings in meta["neurons"].items():
-        settings = dict(settings)
-        for fixed in ("channels", "per_channel"):
-            settings.pop(fixed, None)
-        mode = settings.pop("initial_potential")
-        neurons[name].configure(**settings)
-        neurons[name].initial_potential_mode = mode
+    blob = tensor_path.read_bytes()
+    if expected_sha256 is not None and hashlib.sha256(blob).hexdigest() != expected_sha256:
+        raise ValueError(
+            f"{tensor_path}: the tensors do not belong to {tensor_path.stem}.json "
+            "(the file was replaced or a save was interrupted); save the checkpoint again"
+        )
     try:
-        state = load_file(str(tensor_path))
-    except (SafetensorError, OSError) as err:
-        raise ValueError(f"{tensor_path}: not a safetensors file ({err})") from None
+        return load(blob)
+    except (SafetensorError, ValueError, OSError) as err:
+        raise ValueError(f"{tensor_path}: not a readable safetensors file ({err})") from None
+
+
+def _configure_neurons(model: nn.Module, settings: dict[str, Any], where: Path) -> None:
+    from robustsnn.snn.network import named_neurons
+
+    neurons = dict(named_neurons(model))
+    if set(neurons) != set(settings):
+        missing = sorted(set(neurons) - set(settings))
+        extra = sorted(set(settings) - set(neurons))
+        raise ValueError(
+            f"{where}: the neurons do not match the model (missing {missing}, unexpected {extra})"
+        )
+    for name, values in settings.items():
+        values = dict(values)
+        for fixed in ("channels", "per_channel"):  # structural: set by the model and the tensors
+            values.pop(fixed, None)
+        mode = values.pop("initial_potential", "zero")
+        try:
+            neurons[name].configure(**values)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{where}: neuron '{name}': {err}") from None
+        # The tensor of a "tensor" initial potential arrives with the state dict.
+        neurons[name].initial_potential_mode = mode
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], where: Path) -> None:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        first = str(err).splitlines()[0:2]
-        raise ValueError(
-            f"{tensor_path}: tensors do not fit the model ({' '.join(first)})"
-        ) from None
-    set_time_steps(model, int(meta.get("time_steps", 0)))
-    model.encoding = meta.get("encoding", "direct")
-    return model.to(device), meta
+        problems = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+        shown = "; ".join(problems[:2]) + (
+            f"; and {len(problems) - 2} more" if len(problems) > 2 else ""
+        )
+        raise ValueError(f"{where}: the tensors do not fit the model: {shown}") from None
+
+
+def load_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a saved model exactly; return it (in eval mode, on ``device``) and its metadata.
+
+    ``path`` is the ``.safetensors`` file, the ``.json`` file or their common stem. The model is
+    built with ``create_model(name, **kwargs)``, each neuron gets its saved settings, the
+    tensors are loaded strictly, and T, the encoding and the Poisson seed are restored.
+    """
+    from robustsnn.models import create_model
+    from robustsnn.snn.network import ENCODINGS, named_neurons, set_time_steps
+
+    tensor_path, meta_path = checkpoint_files(path)
+    meta = read_metadata(meta_path)
+    state = _read_tensors(tensor_path, meta.get("tensors_sha256"))
+    arch = meta["architecture"]
+    try:
+        model = create_model(arch["name"], **arch.get("kwargs", {}))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{meta_path}: cannot build model '{arch['name']}': {err}") from None
+    _configure_neurons(model, meta["neurons"], meta_path)
+    _load_state(model, state, tensor_path)
+    for name, neuron in named_neurons(model):
+        if neuron.initial_potential_mode == "tensor" and neuron.initial_potential is None:
+            raise ValueError(f"{tensor_path}: neuron '{name}' needs an initial-potential tensor")
+    encoding = meta.get("encoding", "direct")
+    if encoding not in ENCODINGS:
+        raise ValueError(f"{meta_path}: unknown encoding {encoding!r}")
+    set_time_steps(model, meta.get("time_steps", 0))
+    model.encoding = encoding
+    if hasattr(model, "reseed"):
+        model.reseed(meta.get("poisson_seed"))
+    return model.to(device).eval(), meta
+
+
+# ---- foreign weights -------------------------------------------------------------------------
+_NESTED_KEYS = ("state_dict", "model", "net")
 
 
 def import_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors from ``.safetensors`` or, without unpickling objects, from ``.pt``/``.pth``."""
+    """Tensors of a weights file without ever unpickling an arbitrary object.
+
+    ``.safetensors`` is read with safetensors; ``.pt``/``.pth`` only with
+    ``torch.load(weights_only=True)``, which refuses anything but tensors and plain
+    containers. A dict that holds the weights under ``state_dict``/``model``/``net`` is
+    unwrapped, and a DistributedDataParallel ``module.`` prefix is removed. Other extensions
+    (``.pkl``, ``.npy``, ...) are refused.
+    """
     path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".safetensors", ".pt", ".pth"):
+        raise ValueError(
+            f"{path}: refused: '{suffix or path.name}' files are not read (they may hold "
+            "pickled code); give .safetensors, or a .pt/.pth state dict"
+        )
     if not path.exists():
         raise FileNotFoundError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    if path.suffix not in (".pt", ".pth"):
-        raise ValueError(
-            f"{path}: unsupported weights format '{path.suffix}'; give .safetensors, .pt or .pth"
-        )
+    if suffix == ".safetensors":
+        return _read_tensors(path, None)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError and others for unsafe content
+    except Exception as err:  # any failure is a refusal; never retry without weights_only
         raise ValueError(
-            f"{path}: refused: the file holds more than tensors and would need full unpickling, "
-            f"which robustsnn never does ({type(err).__name__}). Re-save it as a plain state dict."
+            f"{path}: refused: torch.load(weights_only=True) cannot read it "
+            f"({_load_failure_reason(err)}); robustsnn never unpickles arbitrary objects: "
+            "re-save it with torch.save(model.state_dict(), path) or as .safetensors"
         ) from None
-    for key in ("state_dict", "model", "net"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: expected a state dict of tensors")
+    if isinstance(obj, dict):
+        for key in _NESTED_KEYS:
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj:
+        raise ValueError(f"{path}: expected a state dict (names -> tensors)")
+    bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not torch.is_tensor(v)]
+    if bad:
+        raise ValueError(f"{path}: expected a state dict of tensors; not tensors: {bad[:3]}")
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
+def _load_failure_reason(err: Exception) -> str:
+    """The informative line of a torch.load error (its boilerplate dropped)."""
+    boilerplate = ("weights only load failed", "please file", "check the documentation")
+    for line in str(err).splitlines():
+        line = line.strip().removeprefix("WeightsUnpickler error:").strip()
+        if line and not line.lower().startswith(boilerplate):
+            return line.rstrip(".")
+    return type(err).__name__
+
+
+# ---- run directories -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RunDir:
     """The files of one run (SPEC.md "Runs, files and the command line")."""
 
     path: Path
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
     @classmethod
     def create(cls, path: str | Path) -> RunDir:
-        p = Path(path)
-        p.mkdir(parents=True, exist_ok=True)
-        return cls(p)
+        """The run directory at ``path``, created (with parents) if needed."""
+        run = cls(Path(path))
+        run.path.mkdir(parents=True, exist_ok=True)
+        return run
 
     @property
     def config_path(self) -> Path:
         return self.path / "config.yaml"
+
+    @property
+    def ann_checkpoint(self) -> Path:
+        """Stem of the robust ANN checkpoint (``ann.safetensors`` + ``ann.json``)."""
+        return self.checkpoint("ann")
+
+    @property
+    def snn_checkpoint(self) -> Path:
+        """Stem of the final SNN checkpoint (``snn.safetensors`` + ``snn.json``)."""
+        return self.checkpoint("snn")
 
     @property
     def log_path(self) -> Path:
