@@ -1,26 +1,266 @@
-"""The ``robustsnn`` command: a thin layer that parses, calls the library and renders."""
+"""The ``robustsnn`` command: a thin layer that parses, calls the library and renders.
+
+Every sub-command is one function registered on :data:`app`; it imports what it needs from the
+library inside its body (so ``robustsnn --help`` stays fast) and renders with rich. A user
+mistake (``ValueError``, ``FileNotFoundError``) ends as one red ``error: ...`` line on stderr
+and exit code 2, never a traceback; set ``ROBUSTSNN_DEBUG=1`` to see the traceback anyway.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
+USER_ERROR_EXIT_CODE = 2
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(err: BaseException) -> NoReturn:
+    """Print ``error: <first line of err>`` in red on stderr and exit with code 2."""
+    text = str(err).strip()
+    message = text.splitlines()[0] if text else type(err).__name__
+    err_console.print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)
+    sys.exit(USER_ERROR_EXIT_CODE)
+
+
+class _RobustSNNGroup(TyperGroup):
+    """The root command; turns user mistakes into one line (also under typer's CliRunner)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().main(*args, **kwargs)
+        except USER_ERRORS as err:
+            if os.environ.get("ROBUSTSNN_DEBUG"):
+                raise
+            fail(err)
+
 
 app = typer.Typer(
     name="robustsnn",
+    cls=_RobustSNNGroup,
     help="Adversarially robust, low-latency SNNs from PyTorch ANNs, evaluated honestly.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
-err_console = Console(stderr=True)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from robustsnn import __version__
+
+        console.print(f"robustsnn {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Adversarially robust, low-latency SNNs from PyTorch ANNs, evaluated honestly."""
+
+
+# ---- rendering helpers -----------------------------------------------------------------------
+def _shape(shape: Any) -> str:
+    return "x".join(str(s) for s in shape)
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _flat_list(values: list[Any]) -> str:
+    return "[" + ", ".join(_number(v) for v in values) + "]"
+
+
+def _flatten(value: Any, key: str) -> Iterator[tuple[str, str]]:
+    """``(dotted key, short text)`` rows for nested metadata; long lists are summarised."""
+    if isinstance(value, dict):
+        if not value:
+            yield key, "{}"
+        for k, v in value.items():
+            yield from _flatten(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, list) and value and isinstance(value[-1], dict):
+        yield key, f"{len(value)} entries; the last:"
+        yield from _flatten(value[-1], f"{key}[{len(value) - 1}]")
+    elif isinstance(value, list):
+        text = _flat_list(value)
+        yield key, text if len(text) <= 80 else f"{len(value)} values: {text[:70]}...]"
+    else:
+        yield key, _number(value)
+
+
+def _key_value_table(rows: list[tuple[str, str]], title: str | None = None) -> Table:
+    table = Table.grid(padding=(0, 2)) if title is None else Table(title=title, show_header=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    for key, value in rows:
+        table.add_row(escape(key), escape(value))
+    return table
+
+
+# ---- commands --------------------------------------------------------------------------------
+@app.command()
+def models() -> None:
+    """List the model zoo: parameters (default arguments), input shape, description."""
+    from robustsnn.models import count_parameters, create_model, list_models, model_description
+
+    table = Table(title="robustsnn models")
+    table.add_column("name", style="bold", no_wrap=True)
+    table.add_column("parameters", justify="right", no_wrap=True)
+    table.add_column("input", no_wrap=True)
+    table.add_column("description")
+    for name in list_models():
+        try:
+            model = create_model(name)
+            params, shape = f"{count_parameters(model):,}", _shape(model.input_shape)
+            del model
+        except (TypeError, ValueError):
+            params, shape = "needs arguments", "-"
+        table.add_row(name, params, shape, escape(model_description(name)))
+    console.print(table)
+
+
+@app.command()
+def datasets() -> None:
+    """List the datasets: embedded ones, and readers for copies on disk."""
+    from robustsnn.data import dataset_info, list_datasets
+
+    table = Table(title="robustsnn datasets")
+    table.add_column("name", style="bold", no_wrap=True)
+    table.add_column("input", no_wrap=True)
+    table.add_column("classes", justify="right", no_wrap=True)
+    table.add_column("source", no_wrap=True)
+    table.add_column("description")
+    for name in list_datasets():
+        info = dataset_info(name)
+        embedded = getattr(info, "embedded", name in ("mnist5k", "digits"))
+        steps = getattr(info, "time_steps", None)
+        table.add_row(
+            name,
+            _shape(info.input_shape) + (f", T={steps}" if steps else ""),
+            str(info.num_classes) if info.num_classes else "from data",
+            "embedded" if embedded else "on disk",
+            escape(info.description),
+        )
+    console.print(table)
+    console.print(
+        "On-disk datasets are read from --root, $ROBUSTSNN_DATA or ./data; nothing is downloaded.",
+        highlight=False,
+    )
+
+
+def _threshold_text(neuron: Any) -> str:
+    theta = neuron.threshold.detach().float()
+    if theta.dim() == 0:
+        return f"{float(theta):.4g}"
+    return (
+        f"{theta.numel()} channels: min {float(theta.min()):.3g}, "
+        f"mean {float(theta.mean()):.3g}, max {float(theta.max()):.3g}"
+    )
+
+
+def _initial_potential_text(neuron: Any) -> str:
+    mode = neuron.initial_potential_mode
+    if mode == "half":
+        return "θ/2"
+    if mode == "tensor" and neuron.initial_potential is not None:
+        v0 = neuron.initial_potential.detach().float()
+        return f"tensor {_shape(v0.shape)}, mean {float(v0.mean()):.3g}"
+    return mode
+
+
+def _neuron_table(model: Any) -> Table:
+    from robustsnn.snn import named_neurons
+
+    table = Table(title="neurons")
+    table.add_column("name", no_wrap=True)
+    table.add_column("activation", no_wrap=True)
+    table.add_column("threshold θ")
+    table.add_column("trainable θ", no_wrap=True)
+    table.add_column("reset", no_wrap=True)
+    table.add_column("v0")
+    table.add_column("leak", justify="right", no_wrap=True)
+    for name, n in named_neurons(model):
+        activation = n.activation if n.activation == "relu" else f"{n.activation} L={n.levels}"
+        table.add_row(
+            escape(name),
+            activation,
+            _threshold_text(n),
+            "yes" if n.threshold.requires_grad else "no",
+            n.reset,
+            _initial_potential_text(n),
+            f"{n.leak:g}",
+        )
+    return table
+
+
+@app.command()
+def info(
+    checkpoint: Path = typer.Argument(
+        ..., help="A checkpoint: its .safetensors or .json file, or their common stem."
+    ),
+) -> None:
+    """Show what a checkpoint holds: architecture, T, encoding, neurons, metrics and recipe."""
+    from robustsnn.io import RESERVED_KEYS, checkpoint_files, load_checkpoint
+    from robustsnn.models import count_parameters
+
+    model, meta = load_checkpoint(checkpoint)
+    arch = meta["architecture"]
+    steps = meta.get("time_steps", 0)
+    norm = meta.get("normalisation")
+    provenance = meta.get("provenance") or {}
+    rows = [
+        ("checkpoint", str(checkpoint_files(checkpoint)[0])),
+        ("architecture", arch["name"]),
+        ("arguments", ", ".join(f"{k}={v}" for k, v in arch.get("kwargs", {}).items()) or "-"),
+        ("parameters", f"{count_parameters(model):,}"),
+        ("input", f"{_shape(meta.get('input_shape', []))}, {meta.get('num_classes')} classes"),
+        ("time steps", f"{steps} ({'ANN' if steps == 0 else 'SNN'})"),
+        ("encoding", meta.get("encoding", "direct")),
+        (
+            "normalisation",
+            f"mean {_flat_list(norm['mean'])}, std {_flat_list(norm['std'])}" if norm else "none",
+        ),
+        (
+            "created",
+            f"{provenance.get('created_utc', '?')} (robustsnn "
+            f"{provenance.get('robustsnn_version', '?')}, "
+            f"torch {provenance.get('torch_version', '?')})",
+        ),
+    ]
+    if meta.get("poisson_seed") is not None:
+        rows.insert(7, ("poisson seed", str(meta["poisson_seed"])))
+    console.print(_key_value_table(rows), highlight=False)
+    console.print(_neuron_table(model))
+    order = ["stage", "metrics", "recipe"]
+    extra = order + sorted(k for k in meta if k not in (*RESERVED_KEYS, "provenance", *order))
+    details = [row for key in extra if key in meta for row in _flatten(meta[key], key)]
+    if details:
+        console.print(_key_value_table(details, title="metadata"), highlight=False)
+
+
+# ---- pipeline --------------------------------------------------------------------------------
 class _Progress:
     """Training progress as one tqdm bar per epoch (the library only calls back)."""
 
@@ -46,113 +286,12 @@ class _Progress:
         err_console.print(f"[dim]{self.label} epoch {epoch + 1}: {shown}[/dim]")
 
 
-def _version(value: bool) -> None:
-    if value:
-        from robustsnn import __version__
-
-        console.print(f"robustsnn {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
-    ),
-) -> None:
-    """Adversarially robust, low-latency SNNs from PyTorch ANNs, evaluated honestly."""
-
-
-@app.command()
-def models() -> None:
-    """List the model zoo with parameter counts (default arguments)."""
-    from robustsnn.models import count_parameters, create_model, list_models, model_description
-
-    table = Table(title="robustsnn models")
-    for column in ("name", "parameters", "input", "description"):
-        table.add_column(column)
-    for name in list_models():
-        model = create_model(name)
-        params = count_parameters(model)
-        table.add_row(
-            name,
-            f"{params:,} ({params / 1e6:.2f} M)",
-            "x".join(map(str, model.input_shape)),
-            model_description(name),
-        )
-    console.print(table)
-
-
-@app.command()
-def datasets() -> None:
-    """List the datasets: embedded ones and readers for copies on disk."""
-    from robustsnn.data import dataset_info, list_datasets
-
-    table = Table(title="robustsnn datasets")
-    for column in ("name", "input", "classes", "source", "description"):
-        table.add_column(column)
-    for name in list_datasets():
-        info = dataset_info(name)
-        table.add_row(
-            name,
-            "x".join(map(str, info.input_shape)),
-            str(info.num_classes or "any"),
-            "embedded" if info.embedded else "on disk ($ROBUSTSNN_DATA or ./data)",
-            info.description,
-        )
-    console.print(table)
-
-
-@app.command()
-def info(
-    checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint or its stem."),
-) -> None:
-    """Show what a checkpoint holds: architecture, T, neurons and metrics."""
-    from robustsnn.io import load_checkpoint
-    from robustsnn.models import count_parameters
-    from robustsnn.snn import named_neurons
-
-    model, meta = load_checkpoint(checkpoint)
-    arch = meta["architecture"]
-    console.print(f"[bold]{checkpoint}[/bold]")
-    console.print(f"architecture: {arch['name']} {arch.get('kwargs', {})}")
-    console.print(f"parameters:   {count_parameters(model):,}")
-    console.print(
-        f"time steps:   {meta['time_steps']} ({'ANN' if meta['time_steps'] == 0 else 'SNN'})"
-    )
-    console.print(f"encoding:     {meta.get('encoding')}")
-    if meta.get("normalisation"):
-        console.print(f"normalisation: {meta['normalisation']}")
-    for key in ("stage", "run", "wall_time_s"):
-        if key in meta:
-            console.print(f"{key}: {meta[key]}")
-    table = Table(title="neurons")
-    for column in ("name", "activation", "threshold", "reset", "v0", "trainable"):
-        table.add_column(column)
-    for name, n in named_neurons(model):
-        theta = n.threshold.detach()
-        shown = (
-            f"{float(theta):.4g}"
-            if theta.dim() == 0
-            else f"per-channel {float(theta.min()):.3g}..{float(theta.max()):.3g}"
-        )
-        table.add_row(
-            name,
-            n.activation,
-            shown,
-            n.reset,
-            n.initial_potential_mode,
-            "yes" if n.threshold.requires_grad else "no",
-        )
-    console.print(table)
-
-
 def _print_summary(summary: dict[str, Any], report_path: Path) -> None:
     stages = summary.get("stages", {})
     eps_keys: list[str] = []
     for result in stages.values():
         eps_keys += [k for k in result.get("robust", {}) if k not in eps_keys]
-    table = Table(title=f"run '{summary.get('name')}' ({summary.get('dataset')})")
+    table = Table(title=escape(f"run '{summary.get('name')}' ({summary.get('dataset')})"))
     for column in ["stage", "T", "clean %"] + [f"worst-case robust % ε={k}" for k in eps_keys]:
         table.add_column(column)
     table.add_column("time s")
@@ -165,7 +304,7 @@ def _print_summary(summary: dict[str, Any], report_path: Path) -> None:
         row.append("–" if wall is None else f"{wall:.0f}")
         table.add_row(*row)
     console.print(table)
-    console.print(f"report: {report_path}")
+    console.print(f"report: {escape(str(report_path))}", highlight=False)
 
 
 def _run(config_source: str, out: Path | None, force: bool, resume: bool, overrides: list[str]):
@@ -215,26 +354,8 @@ def demo(
 
 
 def main() -> None:
-    """Entry point: user mistakes become one red line and exit code 2, never a traceback."""
-    try:
-        app(standalone_mode=False)
-    except (ValueError, FileNotFoundError) as err:
-        err_console.print(f"[red]error:[/red] {str(err).splitlines()[0] if str(err) else err}")
-        sys.exit(2)
-    except KeyboardInterrupt:
-        err_console.print("[red]interrupted[/red] (use --resume to continue)")
-        sys.exit(130)
-    except typer.Exit as exit_:
-        sys.exit(exit_.exit_code)
-    except Exception as err:  # click usage errors carry their own message and code
-        import click
-
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        if isinstance(err, click.exceptions.Abort):
-            sys.exit(1)
-        raise
+    """Entry point of the ``robustsnn`` command (user mistakes are handled by the root group)."""
+    app(prog_name="robustsnn")
 
 
 if __name__ == "__main__":
