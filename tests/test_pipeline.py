@@ -29,7 +29,16 @@ TINY = {
         "options": {"time_steps_calibration": 8, "batches": 2, "batch_size": 32},
     },
     "finetune": {"epochs": 1, "batch_size": 64, "eps": 0.1, "lr": 0.01},
-    "evaluation": {"eps": [0.1], "steps": 3, "samples": 48, "paths": ["triangle:1.0", "ann"]},
+    "evaluation": {
+        "eps": [0.1],
+        "steps": 3,
+        "samples": 48,
+        "paths": ["triangle:1.0", "ann"],
+        "sweep_eps": [0.05, 0.5],
+        "sweep_samples": 16,
+        "time_steps_curve": [1, 4],
+    },
+    "energy": {"samples": 8, "time_steps": [2, 4]},
 }
 
 
@@ -71,7 +80,15 @@ def test_run_writes_the_run_directory_and_resume_is_exact(tmp_path):
         assert 0 <= robust["worst_case_accuracy"] <= stage["clean_accuracy"] <= 1
         assert robust["worst_case_accuracy"] <= min(robust["per_member"].values())
     assert set(full["wall_time_s"]) >= {"ann", "snn_converted", "snn_finetuned"}
-    assert "finetuned SNN" in (tmp_path / "full" / "report.md").read_text()
+    report = (tmp_path / "full" / "report.md").read_text()
+    assert "finetuned SNN" in report and "## Energy" in report
+    for plot in ("robust_vs_eps", "accuracy_vs_t", "members", "firing_rates"):
+        assert (tmp_path / "full" / "plots" / f"{plot}.png").exists()
+        assert f"plots/{plot}.png" in report
+    assert "data:image/png;base64" in (tmp_path / "full" / "report.html").read_text()
+    assert set(full["energy"]["snn"]) == {"2", "4"}
+    assert full["stages"]["snn_finetuned"]["eps_sweep"]["eps"] == [0.05, 0.5]
+    assert set(full["stages"]["snn_finetuned"]["accuracy_vs_time_steps"]) == {"1", "4"}
 
     with pytest.raises(Interrupt):
         run(config, tmp_path / "killed", callbacks=Callbacks(train=KillAfterFirstEpoch()))

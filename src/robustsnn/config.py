@@ -113,12 +113,17 @@ class EvaluationConfig:
     )
     samples: int | None = 1000
     batch_size: int = 256
+    sweep_eps: list[float] = field(default_factory=list)
+    sweep_samples: int = 200
+    time_steps_curve: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
 
 
 @dataclass
 class EnergyConfig:
     enabled: bool = True
     preset: str = "45nm-fp32"
+    samples: int = 200
+    time_steps: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -147,6 +152,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "finetune.loss": ("trades", "mart"),
     "finetune.inner": ("rfgsm", "fgsm", "pgd"),
     "evaluation.attack": ("fgsm", "rfgsm", "pgd"),
+    "energy.preset": ("45nm-fp32", "45nm-int32", "45nm-fp16", "45nm-int8"),
 }
 _POSITIVE_INT = {
     "ann.epochs",
@@ -157,6 +163,8 @@ _POSITIVE_INT = {
     "finetune.batch_size",
     "evaluation.steps",
     "evaluation.batch_size",
+    "evaluation.sweep_samples",
+    "energy.samples",
 }
 _EPS_KEYS = {"ann.eps", "ann.step_size", "finetune.eps", "finetune.step_size"}
 
@@ -244,6 +252,12 @@ def validate(config: RunConfig) -> RunConfig:
             raise ConfigError(f"{key}: must be >= 0, got {flat[key]}")
     if not config.evaluation.eps:
         raise ConfigError("evaluation.eps: give at least one budget")
+    for key, values in (
+        ("evaluation.time_steps_curve", config.evaluation.time_steps_curve),
+        ("energy.time_steps", config.energy.time_steps),
+    ):
+        if any(t < 1 for t in values):
+            raise ConfigError(f"{key}: every T must be >= 1, got {values}")
     for key in ("data.train_samples", "data.test_samples", "evaluation.samples"):
         if flat[key] is not None and flat[key] < 1:
             raise ConfigError(f"{key}: must be >= 1 or null, got {flat[key]}")

@@ -180,6 +180,80 @@ def _eps_key(eps: float) -> str:
     return f"{eps:.6g}"
 
 
+def _strongest_path(result: dict[str, Any]) -> str:
+    first = next(iter(result["robust"].values()))
+    member = min(first["per_member"], key=first["per_member"].get)
+    return member.split("/", 1)[1]
+
+
+def eps_sweep(model, test, config: RunConfig, path: str) -> dict[str, Any]:
+    """Worst-case accuracy of the configured attack through ``path`` along ``sweep_eps``."""
+    from robustsnn.attacks import worst_case_accuracy
+
+    c = config.evaluation
+    n = c.sweep_samples
+    accuracy = []
+    for eps in c.sweep_eps:
+        result = worst_case_accuracy(
+            model,
+            test.images[:n],
+            test.labels[:n],
+            eps=eps,
+            paths=[path],
+            attack=c.attack,
+            steps=c.steps,
+            batch_size=c.batch_size,
+            seed=config.seed,
+        )
+        accuracy.append(result.robust_accuracy)
+    return {"path": path, "eps": list(c.sweep_eps), "accuracy": accuracy, "samples": n}
+
+
+def accuracy_vs_time_steps(model, test, config: RunConfig) -> dict[str, float]:
+    """Clean accuracy of an SNN re-run at each T of ``time_steps_curve``."""
+    from robustsnn.attacks import predict
+    from robustsnn.snn import using_time_steps
+
+    c = config.evaluation
+    images, labels = test.images, test.labels
+    if c.samples is not None:
+        images, labels = images[: c.samples], labels[: c.samples]
+    curve = {}
+    for steps in c.time_steps_curve:
+        with using_time_steps(model, steps):
+            curve[str(steps)] = float(
+                (predict(model, images, c.batch_size) == labels).float().mean()
+            )
+    return curve
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Render ``report.md``, ``report.html`` and the plots from the run's JSON; no recompute."""
+    import json
+
+    import yaml
+
+    from robustsnn.config import config_from_dict
+    from robustsnn.report import markdown_to_html, render_plots, render_report
+
+    rd = RunDir(Path(run_dir))
+    if not rd.summary_path.exists():
+        raise FileNotFoundError(f"no summary.json in {rd.path}: run the pipeline first")
+    summary = json.loads(rd.summary_path.read_text())
+    config = None
+    if rd.config_path.exists():
+        config = config_from_dict(yaml.safe_load(rd.config_path.read_text()))
+    plots = render_plots(summary, rd.plots_dir)
+    relative = {name: str(path.relative_to(rd.path)) for name, path in plots.items()}
+    markdown = render_report(summary, config, relative)
+    atomic_write_text(rd.report_path, markdown)
+    atomic_write_text(
+        rd.path / "report.html",
+        markdown_to_html(markdown, rd.path, title=f"robustsnn run {summary.get('name', '')}"),
+    )
+    return rd.report_path
+
+
 def run(
     config: RunConfig,
     run_dir: str | Path,
@@ -241,14 +315,33 @@ def run(
         cb.stage(f"evaluate {stage}", "running")
         start = time.perf_counter()
         model.eval()
-        summary["stages"][stage] = evaluate_stage(model, test, config, is_snn=stage != "ann")
-        summary["stages"][stage]["time_steps"] = int(getattr(model, "time_steps", 0))
+        is_snn = stage != "ann"
+        result = evaluate_stage(model, test, config, is_snn=is_snn)
+        result["time_steps"] = int(getattr(model, "time_steps", 0))
+        if config.evaluation.sweep_eps:
+            path = _strongest_path(result) if is_snn else "ann"
+            result["eps_sweep"] = eps_sweep(model, test, config, path)
+        if is_snn and config.evaluation.time_steps_curve:
+            result["accuracy_vs_time_steps"] = accuracy_vs_time_steps(model, test, config)
+        summary["stages"][stage] = result
         summary["wall_time_s"][f"evaluate_{stage}"] = time.perf_counter() - start
 
-    atomic_write_json(rd.summary_path, summary)
-    from robustsnn.report import render_report
+    final = models.get("snn_finetuned", models.get("snn_converted"))
+    if config.energy.enabled and final is not None:
+        from robustsnn.energy import energy_report
 
-    atomic_write_text(rd.report_path, render_report(summary, config))
+        steps = config.energy.time_steps or sorted(
+            {max(1, config.conversion.time_steps // 2), config.conversion.time_steps}
+        )
+        summary["energy"] = energy_report(
+            final,
+            test.images[: config.energy.samples],
+            time_steps=steps,
+            preset=config.energy.preset,
+        )
+
+    atomic_write_json(rd.summary_path, summary)
+    write_report(rd.path)
     return summary
 
 

@@ -1,5 +1,23 @@
-"""Reports: a run's JSON results rendered as Markdown."""
+"""Reports: a run's JSON results rendered as Markdown, HTML and PNG plots."""
 
-from robustsnn.report.markdown import member_table, render_report, summary_table
+from robustsnn.report.html import markdown_to_html
+from robustsnn.report.markdown import (
+    energy_table,
+    member_table,
+    render_report,
+    summary_table,
+    sweep_table,
+    time_steps_table,
+)
+from robustsnn.report.plots import render_plots
 
-__all__ = ["member_table", "render_report", "summary_table"]
+__all__ = [
+    "energy_table",
+    "markdown_to_html",
+    "member_table",
+    "render_plots",
+    "render_report",
+    "summary_table",
+    "sweep_table",
+    "time_steps_table",
+]

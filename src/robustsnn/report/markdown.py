@@ -59,8 +59,61 @@ def member_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def render_report(summary: dict[str, Any], config: Any = None) -> str:
-    """The run's ``report.md``."""
+def energy_table(energy: dict[str, Any]) -> str:
+    """Operations and energy per image of the ANN and of the SNN at each T."""
+    lines = [
+        "| network | T | MAC | AC (synaptic ops) | spikes / image | energy (µJ) | SNN / ANN |",
+        "|---|---|---|---|---|---|---|",
+        f"| ANN | 0 | {energy['ann']['mac']:.3g} | 0 | – | "
+        f"{energy['ann']['energy_pj'] / 1e6:.3g} | – |",
+    ]
+    for steps, snn in energy.get("snn", {}).items():
+        ratio = snn.get("energy_ratio_to_ann")
+        lines.append(
+            f"| SNN | {steps} | {snn['mac']:.3g} | {snn['ac']:.3g} | "
+            f"{snn['spikes_per_image']:.4g} | {snn['energy_pj'] / 1e6:.3g} | "
+            f"{'–' if ratio is None else f'{ratio:.3f}'} |"
+        )
+    return "\n".join(lines)
+
+
+def sweep_table(summary: dict[str, Any]) -> str:
+    """Accuracy of every stage along the ε sweep."""
+    rows = []
+    eps: list[float] = []
+    for stage, result in summary.get("stages", {}).items():
+        sweep = result.get("eps_sweep")
+        if sweep:
+            eps = sweep["eps"]
+            path = sweep.get("path", "")
+            cells = [f"{_STAGE_TITLES.get(stage, stage)} (`{path}`)"]
+            rows.append(cells + [_pct(a) for a in sweep["accuracy"]])
+    if not rows:
+        return ""
+    head = ["stage (path)"] + [f"ε={e:.3g}" for e in eps]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def time_steps_table(summary: dict[str, Any]) -> str:
+    """Clean accuracy of each SNN stage at several T."""
+    rows, steps = [], []
+    for stage, result in summary.get("stages", {}).items():
+        curve = result.get("accuracy_vs_time_steps")
+        if curve:
+            steps = sorted(curve, key=int)
+            rows.append([_STAGE_TITLES.get(stage, stage)] + [_pct(curve[t]) for t in steps])
+    if not rows:
+        return ""
+    head = ["stage"] + [f"T={t}" for t in steps]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def render_report(summary: dict[str, Any], config: Any = None, plots: dict | None = None) -> str:
+    """The run's ``report.md`` (``plots`` maps plot names to paths relative to the report)."""
     parts = [f"# Run `{summary.get('name', '')}`", ""]
     parts.append(
         f"Dataset `{summary.get('dataset')}`, model `{summary.get('model')}`, "
@@ -89,4 +142,57 @@ def render_report(summary: dict[str, Any], config: Any = None) -> str:
         table = member_table(result)
         if table:
             parts += [f"## Attack members: {_STAGE_TITLES.get(stage, stage)}", "", table, ""]
+    plots = plots or {}
+    sweep = sweep_table(summary)
+    if sweep:
+        parts += [
+            "## Robust accuracy vs ε",
+            "",
+            "PGD with the evaluation's steps through each stage's strongest path at the first "
+            "evaluation ε, on the first "
+            f"{_first_sweep(summary).get('samples', '?')} test samples. Accuracy must reach 0 at "
+            "large ε; if it does not, suspect gradient masking.",
+            "",
+            sweep,
+            "",
+        ]
+        if "robust_vs_eps" in plots:
+            parts += [f"![robust accuracy vs eps]({plots['robust_vs_eps']})", ""]
+    steps_table = time_steps_table(summary)
+    if steps_table:
+        parts += [
+            "## Accuracy vs T",
+            "",
+            "Clean accuracy when the SNN runs at other T.",
+            "",
+            steps_table,
+            "",
+        ]
+        if "accuracy_vs_t" in plots:
+            parts += [f"![accuracy vs T]({plots['accuracy_vs_t']})", ""]
+    if "members" in plots:
+        parts += ["## Attack members", "", f"![attack members]({plots['members']})", ""]
+    energy = summary.get("energy")
+    if energy:
+        parts += [
+            "## Energy",
+            "",
+            f"Per image, averaged over {energy['samples']} test images; E_MAC = "
+            f"{energy['e_mac_pj']} pJ, E_AC = {energy['e_ac_pj']} pJ ({energy['preset']}). "
+            "A layer fed by spikes costs one accumulate per synaptic event (average pooling "
+            "folded into the next layer's synapses); a layer fed by analog values costs dense "
+            f"MACs. {energy['caveat']}",
+            "",
+            energy_table(energy),
+            "",
+        ]
+        if "firing_rates" in plots:
+            parts += [f"![firing rates]({plots['firing_rates']})", ""]
     return "\n".join(parts)
+
+
+def _first_sweep(summary: dict[str, Any]) -> dict[str, Any]:
+    for result in summary.get("stages", {}).values():
+        if result.get("eps_sweep"):
+            return result["eps_sweep"]
+    return {}
