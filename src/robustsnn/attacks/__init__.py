@@ -1,8 +1,11 @@
 """Attacks in [0, 1] pixel space through any gradient path, and the worst-case evaluator."""
 
+from robustsnn.attacks.apgd import apgd, apgd_t
 from robustsnn.attacks.core import (
     ce_loss,
     check_budget,
+    dlr_loss,
+    dlr_targeted_loss,
     eval_mode,
     input_gradient,
     margin_loss,
@@ -10,16 +13,32 @@ from robustsnn.attacks.core import (
     predict,
     project,
 )
+from robustsnn.attacks.members import ATTACKS, GRADIENT_ATTACKS, Member, run_member
 from robustsnn.attacks.pgd import fgsm, pgd, random_start, rfgsm
+from robustsnn.attacks.seeding import SampleRandom, derive_seed
+from robustsnn.attacks.square import square
+from robustsnn.attacks.victim import Victim, correct_fraction, is_stochastic, true_logits
 from robustsnn.attacks.worst_case import WorstCaseResult, worst_case_accuracy
 
 __all__ = [
+    "ATTACKS",
+    "GRADIENT_ATTACKS",
+    "Member",
+    "SampleRandom",
+    "Victim",
     "WorstCaseResult",
+    "apgd",
+    "apgd_t",
     "ce_loss",
     "check_budget",
+    "correct_fraction",
+    "derive_seed",
+    "dlr_loss",
+    "dlr_targeted_loss",
     "eval_mode",
     "fgsm",
     "input_gradient",
+    "is_stochastic",
     "margin_loss",
     "perturbation_norm",
     "pgd",
@@ -27,5 +46,8 @@ __all__ = [
     "project",
     "random_start",
     "rfgsm",
+    "run_member",
+    "square",
+    "true_logits",
     "worst_case_accuracy",
 ]

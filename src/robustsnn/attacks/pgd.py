@@ -1,4 +1,11 @@
-"""FGSM, R-FGSM and PGD (L∞ and L2), each a few lines of the textbook algorithm."""
+"""FGSM, R-FGSM and PGD (L∞ and L2), each a few lines of the textbook algorithm.
+
+All take ``(model, x, y, eps)`` with ``x`` in [0, 1] and return ``x_adv`` inside the ε-ball
+and [0, 1] (asserted). Gradients go through ``path`` (see :class:`~robustsnn.attacks.victim.
+Victim`); random numbers are drawn per sample from ``(seed, ids)``, so a sample's result does
+not depend on the rest of its batch. ``ids`` are the samples' indices in the evaluated set
+(default ``0..B-1``).
+"""
 
 from __future__ import annotations
 
@@ -7,33 +14,29 @@ from torch import nn
 
 from robustsnn.attacks.core import (
     LossFn,
-    ce_loss,
-    check_budget,
+    check_eps,
     check_norm,
     eval_mode,
-    input_gradient,
+    finalize,
+    get_loss,
     project,
     sign_step,
 )
+from robustsnn.attacks.seeding import SampleRandom, sample_ids
+from robustsnn.attacks.victim import Victim
 from robustsnn.snn.paths import GradientPath
 
 
 def random_start(
-    x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None
+    x: torch.Tensor, eps: float, norm: str, random: SampleRandom, ids: torch.Tensor, stream: str
 ) -> torch.Tensor:
-    """A uniform point of the ε-ball (L∞) or a random direction inside it (L2)."""
-    noise = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device) * 2 - 1
-    if norm == "l2":
-        noise = (
-            sign_step(noise, "l2")
-            * eps
-            * torch.rand(x.shape[0], generator=generator, dtype=x.dtype)
-            .to(x.device)
-            .view(-1, *([1] * (x.dim() - 1)))
-        )
-    else:
-        noise = noise * eps
-    return (x + noise).clamp(0, 1)
+    """A uniform point of the L∞ ball, or a uniform direction at a uniform radius (L2)."""
+    if norm == "linf":
+        noise = random.uniform(ids, x.shape[1:], stream, x.device, x.dtype) * 2 - 1
+        return (x + eps * noise).clamp(0, 1)
+    direction = sign_step(random.normal(ids, x.shape[1:], stream, x.device, x.dtype), "l2")
+    radius = random.uniform(ids, (), stream + ":radius", x.device, x.dtype)
+    return (x + eps * radius.view(-1, *([1] * (x.dim() - 1))) * direction).clamp(0, 1)
 
 
 def fgsm(
@@ -43,16 +46,20 @@ def fgsm(
     eps: float,
     *,
     norm: str = "linf",
+    loss: str | LossFn = "ce",
     path: str | GradientPath | None = None,
-    loss_fn: LossFn = ce_loss,
+    eot: int = 1,
+    seed: int = 0,
+    ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One step of size ε along the gradient sign (Goodfellow et al. 2015); no random start."""
     check_norm(norm)
+    check_eps(eps)
+    ids = sample_ids(ids, x.shape[0])
+    victim = Victim(model, path, eot=eot, seed=seed, key="fgsm")
     with eval_mode(model):
-        grad, _ = input_gradient(model, x, y, loss_fn, path)
-    x_adv = project(x + eps * sign_step(grad, norm), x, eps, norm)
-    check_budget(x_adv, x, eps, norm)
-    return x_adv
+        grad, _, _ = victim.gradient(x, y, ids, get_loss(loss), "step")
+    return finalize(x + eps * sign_step(grad, norm), x, eps, norm)
 
 
 def rfgsm(
@@ -63,20 +70,26 @@ def rfgsm(
     *,
     alpha: float | None = None,
     norm: str = "linf",
+    loss: str | LossFn = "ce",
     path: str | GradientPath | None = None,
-    loss_fn: LossFn = ce_loss,
-    generator: torch.Generator | None = None,
+    eot: int = 1,
+    seed: int = 0,
+    ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """R-FGSM (Tramèr et al. 2018): a random sign step α, then a gradient step of ε − α."""
+    """R-FGSM (Tramèr et al. 2018): a random step of size α (default ε/2), then ε − α along
+    the gradient."""
     check_norm(norm)
-    alpha = eps / 2 if alpha is None else alpha
-    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+    check_eps(eps)
+    alpha = eps / 2 if alpha is None else float(alpha)
+    if not 0 <= alpha <= eps:
+        raise ValueError(f"R-FGSM needs 0 <= alpha <= eps, got alpha={alpha}, eps={eps}")
+    ids = sample_ids(ids, x.shape[0])
+    victim = Victim(model, path, eot=eot, seed=seed, key="rfgsm")
+    noise = victim.random.normal(ids, x.shape[1:], "random-step", x.device, x.dtype)
     start = (x + alpha * sign_step(noise, norm)).clamp(0, 1)
     with eval_mode(model):
-        grad, _ = input_gradient(model, start, y, loss_fn, path)
-    x_adv = project(start + (eps - alpha) * sign_step(grad, norm), x, eps, norm)
-    check_budget(x_adv, x, eps, norm)
-    return x_adv
+        grad, _, _ = victim.gradient(start, y, ids, get_loss(loss), "step")
+    return finalize(start + (eps - alpha) * sign_step(grad, norm), x, eps, norm)
 
 
 def pgd(
@@ -87,64 +100,55 @@ def pgd(
     *,
     steps: int = 10,
     step_size: float | None = None,
-    norm: str = "linf",
-    random_init: bool = True,
     restarts: int = 1,
+    random_init: bool = True,
+    norm: str = "linf",
+    loss: str | LossFn = "ce",
     path: str | GradientPath | None = None,
-    loss_fn: LossFn = ce_loss,
-    generator: torch.Generator | None = None,
-    start: torch.Tensor | None = None,
-    early_stop: bool = True,
+    eot: int = 1,
+    draws: int = 1,
+    seed: int = 0,
+    ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Projected gradient ascent (Madry et al. 2018) with random start and restarts.
 
-    The step defaults to 2.5·ε/steps. With ``early_stop`` a sample stops moving once an iterate
-    fools the true forward pass (judged on the logits of the gradient forward for surrogate
-    paths, which is the true spiking forward) and keeps that iterate. ``start`` overrides the
-    random start of the first restart (used for per-sample seeding by the evaluator).
+    The step defaults to 2.5·ε/steps. A sample stops as soon as an iterate fools the true
+    forward pass and keeps that iterate (when the gradient's forward pass is the true one;
+    otherwise every restart runs all steps and its last iterate is judged on the true forward).
+    Restarts run only on samples no earlier restart fooled. A never-fooled sample returns the
+    last iterate of the last restart.
     """
     check_norm(norm)
-    if steps < 1:
-        raise ValueError(f"PGD needs steps >= 1, got {steps}")
-    step_size = 2.5 * eps / steps if step_size is None else step_size
-    proxy = path is not None and str(path) == "ann"
+    check_eps(eps)
+    if steps < 1 or restarts < 1:
+        raise ValueError(f"PGD needs steps >= 1 and restarts >= 1, got {steps}, {restarts}")
+    step_size = 2.5 * eps / steps if step_size is None else float(step_size)
+    loss_fn = get_loss(loss)
+    ids = sample_ids(ids, x.shape[0])
+    victim = Victim(model, path, eot=eot, draws=draws, seed=seed, key="pgd")
     best = x.clone()
-    fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    todo = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     with eval_mode(model):
-        for restart in range(restarts):
-            active = (~fooled).nonzero().flatten()
-            if active.numel() == 0:
+        for r in range(restarts):
+            rows = todo.nonzero().flatten()
+            if rows.numel() == 0:
                 break
-            x0, y0 = x[active], y[active]
-            if restart == 0 and start is not None:
-                cur = start[active].clone()
-            elif random_init:
-                cur = random_start(x0, eps, norm, generator)
-            else:
-                cur = x0.clone()
-            idx = active
-            for _ in range(steps):
-                grad, logits = input_gradient(model, cur, y0, loss_fn, path)
-                if early_stop and not proxy:
-                    hit = logits.argmax(1) != y0
-                    if hit.any():
-                        best[idx[hit]] = cur[hit]
-                        fooled[idx[hit]] = True
-                        keep = ~hit
-                        idx, cur, x0, y0, grad = (
-                            idx[keep],
-                            cur[keep],
-                            x0[keep],
-                            y0[keep],
-                            grad[keep],
-                        )
-                        if idx.numel() == 0:
-                            break
-                cur = project(cur + step_size * sign_step(grad, norm), x0, eps, norm)
-            if idx.numel():
-                with torch.no_grad():
-                    hit = model(cur).argmax(1) != y0
-                best[idx] = cur
-                fooled[idx[hit]] = True
-    check_budget(best, x, eps, norm)
-    return best
+            cur = x[rows].clone()
+            if random_init:
+                cur = random_start(cur, eps, norm, victim.random, ids[rows.cpu()], f"start{r}")
+            for i in range(steps):
+                grad, _, logits = victim.gradient(
+                    cur, y[rows], ids[rows.cpu()], loss_fn, f"r{r}:i{i}"
+                )
+                if victim.exact:
+                    hit = logits.argmax(1) != y[rows]
+                    best[rows[hit]] = cur[hit]
+                    todo[rows[hit]] = False
+                    rows, cur, grad = rows[~hit], cur[~hit], grad[~hit]
+                    if rows.numel() == 0:
+                        break
+                cur = project(cur + step_size * sign_step(grad, norm), x[rows], eps, norm)
+            if rows.numel():
+                best[rows] = cur
+                todo[rows[victim.fooled(cur, y[rows], ids[rows.cpu()])]] = False
+    return finalize(best, x, eps, norm)

@@ -1,30 +1,41 @@
 """Per-sample worst case of one base attack run through several gradient paths.
 
-A sample counts as robust only if every member (attack × path) fails on it; success is always
-judged on the model's true forward pass. Random starts are drawn per member over the whole
-sample range from a generator fixed by (seed, member), so a sample's start does not depend on
-batching or on the order of members.
+Members (the attack through each path) run in order, each only on the samples no earlier
+member fooled; success is judged on the model's true forward pass; a sample counts as robust
+only if every member fails on it. Because a member's result on a sample never depends on the
+other samples or on the order (per-sample seeding), the worst case does not either.
 """
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from robustsnn.attacks.core import check_budget, eval_mode, perturbation_norm, predict
-from robustsnn.attacks.pgd import fgsm, pgd, random_start, rfgsm
-from robustsnn.snn.paths import expand_paths
-
-BASE_ATTACKS = ("fgsm", "rfgsm", "pgd")
+from robustsnn.attacks.core import check_eps, check_norm
+from robustsnn.attacks.members import GRADIENT_ATTACKS, Member, clean_correct, run_member
+from robustsnn.snn.paths import GradientPath, expand_paths
 
 
 @dataclass
 class WorstCaseResult:
-    """Accuracies of one ε: clean, per member (each alone), and the per-sample worst case."""
+    """Accuracies at one ε.
+
+    Attributes:
+        eps: the budget.
+        clean_accuracy: accuracy without attack.
+        robust_accuracy: per-sample worst case over all members.
+        per_member: accuracy after each member, in the order run (the worst case over that
+            member and every member before it); the first member's value is its accuracy alone.
+        alone: each member's own accuracy where it is known (the first member; every member
+            with ``standalone=True``).
+        fooled_by: per sample, the first member that fooled it (None: robust or misclassified
+            clean, see ``clean_correct``).
+        perturbation: per sample, the norm of the perturbation that fooled it (0 otherwise).
+        samples: number of samples.
+    """
 
     eps: float
     clean_accuracy: float
@@ -33,46 +44,13 @@ class WorstCaseResult:
     fooled_by: list[str | None] = field(repr=False)
     perturbation: list[float] = field(repr=False)
     samples: int = 0
+    alone: dict[str, float] = field(default_factory=dict)
+    clean_correct: list[bool] = field(default_factory=list, repr=False)
 
-
-def member_generator(seed: int, member: str) -> torch.Generator:
-    """The random stream of one member: fixed by the seed and the member's name."""
-    gen = torch.Generator()
-    gen.manual_seed((int(seed) * 2_654_435_761 + zlib.crc32(member.encode())) % (2**63))
-    return gen
-
-
-def _run_member(
-    model: nn.Module,
-    attack: str,
-    path: str,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    starts: torch.Tensor | None,
-    eps: float,
-    steps: int,
-    step_size: float | None,
-    norm: str,
-    restarts: int,
-    generator: torch.Generator,
-) -> torch.Tensor:
-    if attack == "fgsm":
-        return fgsm(model, x, y, eps, norm=norm, path=path)
-    if attack == "rfgsm":
-        return rfgsm(model, x, y, eps, norm=norm, path=path, generator=generator)
-    return pgd(
-        model,
-        x,
-        y,
-        eps,
-        steps=steps,
-        step_size=step_size,
-        norm=norm,
-        path=path,
-        restarts=restarts,
-        generator=generator,
-        start=starts,
-    )
+    @property
+    def robust(self) -> list[bool]:
+        """Per sample: correct without attack and fooled by no member."""
+        return [c and f is None for c, f in zip(self.clean_correct, self.fooled_by, strict=True)]
 
 
 def worst_case_accuracy(
@@ -81,7 +59,7 @@ def worst_case_accuracy(
     labels: torch.Tensor,
     *,
     eps: float,
-    paths: list[str] | str,
+    paths: list[str] | str | None,
     attack: str = "pgd",
     steps: int = 10,
     step_size: float | None = None,
@@ -89,71 +67,76 @@ def worst_case_accuracy(
     norm: str = "linf",
     batch_size: int = 256,
     seed: int = 0,
-    standalone: bool = True,
+    eot: int = 1,
+    draws: int = 1,
+    standalone: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> WorstCaseResult:
     """Run ``attack`` through every path in ``paths`` and take the per-sample worst case.
 
-    With ``standalone`` every member runs on every clean-correct sample, so ``per_member``
-    is each member's own robust accuracy; otherwise members only see samples no earlier member
-    fooled (cheaper; ``per_member`` is then the accuracy after that member in sequence).
+    ``paths`` is a set name (``paper19``, ``extended``), a comma-separated string or a list;
+    None uses the model's own gradient (for models without spiking neurons). With
+    ``standalone`` every member runs on every clean-correct sample (the naive cost), so
+    ``alone`` holds every member's own accuracy; the worst case is the same either way.
+    ``eot``/``draws``: gradient draws per step and judging draws for Poisson-coded models.
     """
-    if attack not in BASE_ATTACKS:
-        raise ValueError(f"attack must be one of {', '.join(BASE_ATTACKS)}; got {attack!r}")
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
-    members = [str(p) for p in expand_paths(paths)]
+    if attack not in GRADIENT_ATTACKS:
+        raise ValueError(f"attack must be one of {', '.join(GRADIENT_ATTACKS)}; got {attack!r}")
+    check_eps(eps)
+    check_norm(norm)
+    plist: list[GradientPath | None] = [None] if paths is None else list(expand_paths(paths))
+    members = [
+        Member(
+            attack,
+            None if p is None else str(p),
+            steps=steps,
+            restarts=restarts,
+            step_size=step_size,
+            eot=eot,
+        )
+        for p in plist
+    ]
     n = labels.shape[0]
-    with eval_mode(model):
-        correct = predict(model, images, batch_size) == labels
+    correct = clean_correct(model, images, labels, batch_size=batch_size, draws=draws) == 1
     robust = correct.clone()
     fooled_by: list[str | None] = [None] * n
     size = torch.zeros(n)
     per_member: dict[str, float] = {}
-    for m_index, path in enumerate(members):
-        name = f"{attack}/{path}"
-        gen = member_generator(seed, name)
-        starts = random_start(images, eps, norm, gen) if attack == "pgd" else None
-        candidates = correct if standalone else robust
-        todo = candidates.nonzero().flatten()
-        member_robust = correct.clone()
-        for start in range(0, todo.numel(), batch_size):
-            idx = todo[start : start + batch_size]
-            x, y = images[idx], labels[idx]
-            x_adv = _run_member(
-                model,
-                attack,
-                path,
-                x,
-                y,
-                None if starts is None else starts[idx],
-                eps,
-                steps,
-                step_size,
-                norm,
-                restarts,
-                gen,
-            )
-            check_budget(x_adv, x, eps, norm)
-            with eval_mode(model):
-                hit = predict(model, x_adv, batch_size) != y
-            member_robust[idx[hit]] = False
-            newly = idx[hit & robust[idx]]
-            for i in newly.tolist():
-                fooled_by[i] = name
-            size[idx[hit]] = torch.where(
-                robust[idx[hit]], perturbation_norm(x_adv[hit], x[hit], norm), size[idx[hit]]
-            )
-            robust[idx[hit]] = False
-            if progress is not None:
-                progress(name, m_index, len(members))
-        per_member[name] = float((member_robust if standalone else robust).float().mean())
+    alone: dict[str, float] = {}
+    for index, member in enumerate(members):
+        run_all = standalone or member.batch_dependent or index == 0
+        rows = (correct if run_all else robust).nonzero().flatten()
+        out = run_member(
+            model,
+            member,
+            images,
+            labels,
+            rows,
+            eps=eps,
+            norm=norm,
+            seed=seed,
+            batch_size=batch_size,
+            draws=draws,
+        )
+        hit = out.rows[out.fooled]
+        if run_all:
+            alone[member.name] = float((correct.sum() - hit.numel()) / max(n, 1))
+        new = out.fooled & robust[out.rows]
+        for i in out.rows[new].tolist():
+            fooled_by[i] = member.name
+        size[out.rows[new]] = out.norms[new]
+        robust[hit] = False
+        per_member[member.name] = float(robust.float().mean()) if n else 0.0
+        if progress is not None:
+            progress(member.name, index + 1, len(members))
     return WorstCaseResult(
         eps=float(eps),
-        clean_accuracy=float(correct.float().mean()),
-        robust_accuracy=float(robust.float().mean()),
+        clean_accuracy=float(correct.float().mean()) if n else 0.0,
+        robust_accuracy=float(robust.float().mean()) if n else 0.0,
         per_member=per_member,
         fooled_by=fooled_by,
         perturbation=size.tolist(),
         samples=n,
+        alone=alone,
+        clean_correct=correct.tolist(),
     )

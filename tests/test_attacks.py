@@ -1,0 +1,220 @@
+"""Attacks and the worst-case evaluator: budgets, analytic optima, determinism, order, resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from torch import nn
+
+from robustsnn.attacks import (
+    Member,
+    apgd,
+    apgd_t,
+    fgsm,
+    perturbation_norm,
+    pgd,
+    predict,
+    rfgsm,
+    square,
+    worst_case_accuracy,
+)
+from robustsnn.snn import Neuron, SpikingNetwork, set_time_steps
+
+
+class TinySNN(SpikingNetwork):
+    """Flatten → linear → neuron → linear: an 8x8 digits classifier that trains in a second."""
+
+    def __init__(self, hidden: int = 48, encoding: str = "direct") -> None:
+        super().__init__((1, 8, 8), 10, encoding=encoding)
+        self.fc1 = nn.Linear(64, hidden)
+        self.act = Neuron(hidden, activation="qcfs", levels=4, clip_value=2.0)
+        self.fc2 = nn.Linear(hidden, 10)
+
+    def forward_body(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x.flatten(1))))
+
+
+def _digits() -> tuple[torch.Tensor, torch.Tensor]:
+    d = load_digits()
+    x = torch.tensor(d.images / 16.0, dtype=torch.float32).unsqueeze(1)
+    return x, torch.tensor(d.target)
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[torch.Tensor, torch.Tensor]:
+    return _digits()
+
+
+@pytest.fixture(scope="module")
+def snn(digits) -> TinySNN:
+    """Trained as a QCFS ANN (full batch, Adam), converted (θ = λ, v0 = θ/2), run at T = 4."""
+    torch.manual_seed(0)
+    x, y = digits
+    model = TinySNN()
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(150):
+        opt.zero_grad()
+        F.cross_entropy(model(x[:1400]), y[:1400]).backward()
+        opt.step()
+    model.act.set_threshold(float(model.act.clip_value.detach()))
+    model.act.configure(initial_potential="half")
+    set_time_steps(model, 4)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def test_set(digits) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = digits
+    return x[1400:1440], y[1400:1440]
+
+
+def test_tiny_snn_is_a_real_classifier(snn, test_set):
+    x, y = test_set
+    assert (predict(snn, x) == y).float().mean() > 0.8
+
+
+# ---- budgets ----------------------------------------------------------------------------
+ATTACK_CALLS = {
+    "fgsm": lambda m, x, y, e, n: fgsm(m, x, y, e, norm=n),
+    "rfgsm": lambda m, x, y, e, n: rfgsm(m, x, y, e, norm=n),
+    "pgd": lambda m, x, y, e, n: pgd(m, x, y, e, norm=n, steps=5, restarts=2),
+    "pgd-ann": lambda m, x, y, e, n: pgd(m, x, y, e, norm=n, steps=3, path="ann"),
+    "apgd-ce": lambda m, x, y, e, n: apgd(m, x, y, e, norm=n, steps=8),
+    "apgd-dlr": lambda m, x, y, e, n: apgd(m, x, y, e, norm=n, steps=8, loss="dlr"),
+    "apgd-t": lambda m, x, y, e, n: apgd_t(m, x, y, e, norm=n, steps=4, targets=2),
+    "square": lambda m, x, y, e, n: square(m, x, y, e, queries=40),
+}
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 0.8)])
+@pytest.mark.parametrize("attack", sorted(ATTACK_CALLS))
+def test_no_adversarial_example_leaves_its_budget(snn, test_set, attack, norm, eps):
+    if attack == "square" and norm == "l2":
+        pytest.skip("Square is L∞ only")
+    x, y = test_set[0][:12], test_set[1][:12]
+    x_adv = ATTACK_CALLS[attack](snn, x, y, eps, norm)
+    assert x_adv.shape == x.shape
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    assert (perturbation_norm(x_adv, x, norm) <= eps * (1 + 1e-5)).all()
+    assert not torch.equal(x_adv, x)
+
+
+def test_model_mode_is_restored(snn, test_set):
+    snn.train()
+    try:
+        pgd(snn, test_set[0][:4], test_set[1][:4], 0.1, steps=2)
+        assert snn.training
+    finally:
+        snn.eval()
+
+
+# ---- analytic worst case of a linear model ----------------------------------------------
+def _box_worst_case(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor, y: torch.Tensor, eps):
+    """Exact L∞ worst case of a linear classifier in the ε-box ∩ [0, 1]: for each wrong class
+    j, x_i moves to its upper bound where (w_j − w_y)_i > 0 and its lower bound otherwise,
+    i.e. x − ε·sign(w_y − w_j) clipped to [0, 1]; returns the best margin and its point."""
+    lo, hi = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
+    best_margin = torch.full((x.shape[0],), -float("inf"))
+    best_point = x.clone()
+    for j in range(w.shape[0]):
+        diff = w[j] - w[y]
+        point = torch.where(diff > 0, hi, lo)
+        margin = (diff * point).sum(1) + b[j] - b[y]
+        margin[y == j] = -float("inf")
+        better = margin > best_margin
+        best_margin[better], best_point[better] = margin[better], point[better]
+    return best_margin, best_point
+
+
+def _linear(inputs: int, classes: int, seed: int) -> nn.Linear:
+    torch.manual_seed(seed)
+    model = nn.Linear(inputs, classes)
+    with torch.no_grad():
+        model.weight.normal_()
+        model.bias.zero_()
+    return model.eval()
+
+
+def test_pgd_finds_the_analytic_worst_case_of_a_binary_linear_model():
+    model = _linear(20, 2, seed=1)
+    torch.manual_seed(2)
+    x = torch.rand(200, 20)
+    y = model(x).argmax(1)  # every sample correct before the attack
+    eps = 0.08
+    margin, corner = _box_worst_case(model.weight, model.bias, x, y, eps)
+    x_adv = pgd(model, x, y, eps, steps=10)
+    fooled = predict(model, x_adv) != y
+    assert torch.equal(fooled, margin > 0)
+    assert 0 < fooled.sum() < 200
+    # robust samples end on the exact optimum (PGD moves 2.5ε along a fixed sign)
+    assert torch.allclose(x_adv[~fooled], corner[~fooled], atol=1e-6)
+
+
+def test_pgd_matches_the_analytic_worst_case_of_a_multiclass_linear_model():
+    model = _linear(16, 5, seed=3)
+    torch.manual_seed(4)
+    x = torch.rand(300, 16)
+    y = model(x).argmax(1)
+    eps = 0.1
+    margin, _ = _box_worst_case(model.weight, model.bias, x, y, eps)
+    clear = margin.abs() > 0.3  # away from the decision boundary
+    x_adv = pgd(model, x, y, eps, steps=20, restarts=2)
+    fooled = predict(model, x_adv) != y
+    assert clear.sum() > 200
+    assert torch.equal(fooled[clear], (margin > 0)[clear])
+    targeted = apgd_t(model, x, y, eps, steps=20, targets=4)
+    assert torch.equal((predict(model, targeted) != y)[clear], (margin > 0)[clear])
+
+
+# ---- the worst case over members ---------------------------------------------------------
+PATHS = ["triangle:1.0", "rect:0.5", "ann"]
+
+
+def test_worst_case_is_below_every_member_and_independent_of_order(snn, test_set):
+    x, y = test_set
+    forward = worst_case_accuracy(snn, x, y, eps=0.1, paths=PATHS, steps=5, standalone=True)
+    assert set(forward.alone) == {f"pgd/{p}" for p in PATHS}
+    assert forward.robust_accuracy <= min(forward.alone.values())
+    assert forward.robust_accuracy < forward.clean_accuracy
+    values = list(forward.per_member.values())
+    assert values == sorted(values, reverse=True)
+    backward = worst_case_accuracy(snn, x, y, eps=0.1, paths=PATHS[::-1], steps=5, batch_size=7)
+    assert backward.robust == forward.robust
+    assert backward.robust_accuracy == forward.robust_accuracy
+
+
+def test_identical_calls_give_identical_results(snn, test_set):
+    x, y = test_set
+    first = worst_case_accuracy(snn, x, y, eps=0.1, paths=PATHS, attack="rfgsm")
+    second = worst_case_accuracy(snn, x, y, eps=0.1, paths=PATHS, attack="rfgsm")
+    assert first == second
+    assert torch.equal(apgd(snn, x, y, 0.1, steps=6), apgd(snn, x, y, 0.1, steps=6))
+
+
+def test_results_do_not_depend_on_batch_composition(snn, test_set):
+    x, y = test_set
+    ids = torch.arange(40, 80)
+    member = Member("apgd-dlr", "triangle:1.0", steps=6)
+    whole = member.craft(snn, x, y, 0.1, ids=ids)
+    part = torch.tensor([5, 0, 31, 17])
+    alone = member.craft(snn, x[part], y[part], 0.1, ids=ids[part])
+    assert torch.equal(whole[part], alone)
+
+
+def test_unbounded_eps_drives_accuracy_to_zero(snn, test_set):
+    x, y = test_set
+    result = worst_case_accuracy(snn, x, y, eps=1.0, paths=["triangle:1.0", "ann"], steps=20)
+    assert result.clean_accuracy > 0.8
+    assert result.robust_accuracy == 0.0
+
+
+def test_bad_arguments_are_refused(snn, test_set):
+    x, y = test_set
+    with pytest.raises(ValueError, match="attack must be one of"):
+        worst_case_accuracy(snn, x, y, eps=0.1, paths=PATHS, attack="cw")
+    with pytest.raises(ValueError, match="norm must be one of"):
+        pgd(snn, x, y, 0.1, norm="l1")
+    with pytest.raises(ValueError, match="eps must be >= 0"):
+        fgsm(snn, x, y, -0.1)
