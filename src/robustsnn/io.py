@@ -293,6 +293,7 @@ def _read_tensors(tensor_path: Path, expected_sha256: str | None) -> dict[str, t
 
 def _configure_neurons(model: nn.Module, settings: dict[str, Any], where: Path) -> None:
     from robustsnn.snn.network import named_neurons
+    from robustsnn.snn.neuron import INITIAL_POTENTIALS
 
     neurons = dict(named_neurons(model))
     if set(neurons) != set(settings):
@@ -302,10 +303,14 @@ def _configure_neurons(model: nn.Module, settings: dict[str, Any], where: Path) 
             f"{where}: the neurons do not match the model (missing {missing}, unexpected {extra})"
         )
     for name, values in settings.items():
+        if not isinstance(values, dict):
+            raise ValueError(f"{where}: the settings of neuron '{name}' must be a dict")
         values = dict(values)
         for fixed in ("channels", "per_channel"):  # structural: set by the model and the tensors
             values.pop(fixed, None)
         mode = values.pop("initial_potential", "zero")
+        if mode not in INITIAL_POTENTIALS:
+            raise ValueError(f"{where}: neuron '{name}': unknown initial potential {mode!r}")
         try:
             neurons[name].configure(**values)
         except (TypeError, ValueError) as err:
