@@ -26,6 +26,15 @@ SMALL_INPUT = {
 }
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tensors are tiny: one thread is as fast, and spin-free when the cores are busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def small_input(name: str) -> tuple[int, int, int]:
     return SMALL_INPUT.get(name, (3, 8, 8))
 
