@@ -47,7 +47,12 @@ def create_model(name: str, **kwargs: Any) -> SpikingNetwork:
         raise ValueError(
             f"model '{name}' does not take {', '.join(unknown)}; it accepts: {accepted}"
         )
-    model = fn(**kwargs)
+    try:
+        model = fn(**kwargs)
+    except TypeError as err:
+        if "unexpected keyword" not in str(err):
+            raise
+        raise ValueError(f"model '{name}': {err}") from None
     model._architecture = {"name": name, "kwargs": dict(kwargs)}
     return model
 
