@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,9 +13,14 @@ from torch import nn
 
 from robustsnn.attacks import (
     Member,
+    Suite,
     apgd,
     apgd_t,
+    evaluate,
     fgsm,
+    get_suite,
+    list_suites,
+    load_suite,
     perturbation_norm,
     pgd,
     predict,
@@ -218,3 +226,138 @@ def test_bad_arguments_are_refused(snn, test_set):
         pgd(snn, x, y, 0.1, norm="l1")
     with pytest.raises(ValueError, match="eps must be >= 0"):
         fgsm(snn, x, y, -0.1)
+
+
+# ---- suites ----------------------------------------------------------------------------
+def test_builtin_suites_have_the_documented_members():
+    paper = get_suite("paper")
+    names = [m.name for m in paper.members()]
+    assert len(names) == 5 * 19 and names[0] == "fgsm/triangle:1.0" and "apgd-t/ann" in names
+    assert paper.apgd_steps == 100 and paper.steps == 10
+    full = get_suite("full")
+    assert [m.name for m in full.members()][-1] == "square"
+    assert "pgd/pdsg" in {m.name for m in full.members()}
+    assert [m.name for m in get_suite("quick").members(spiking=False)] == ["fgsm", "pgd"]
+    assert set(list_suites()) >= {"quick", "paper", "full"}
+
+
+def test_suites_load_from_yaml_and_refuse_bad_keys(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("base: quick\neps: [0.1, 0.2]\npaths: [triangle:1.0, ann]\nsamples: 10\n")
+    suite = load_suite(path, samples=20)
+    assert suite.name == "mine" and suite.eps == [0.1, 0.2] and suite.samples == 20
+    assert suite.attacks == ["fgsm", "pgd"] and suite.path_list() == ["triangle:1.0", "ann"]
+    assert Suite.from_dict(suite.to_dict()) == suite
+    with pytest.raises(ValueError, match="unknown suite key 'step'.*accepted: name, attacks"):
+        Suite.from_dict({"step": 3})
+    with pytest.raises(ValueError, match="suite key 'attacks'.*'cw'.*fgsm, rfgsm, pgd"):
+        Suite(attacks=["cw"])
+    with pytest.raises(ValueError, match="suite key 'paths'"):
+        Suite(paths=["triangle:-1"])
+    with pytest.raises(ValueError, match="suite key 'attacks'.*Square is L∞ only"):
+        Suite(attacks=["square"], norm="l2")
+    with pytest.raises(ValueError, match="suite key 'eps'"):
+        Suite(eps=[-0.1])
+    with pytest.raises(ValueError, match="unknown suite 'fast'"):
+        get_suite("fast")
+    with pytest.raises(FileNotFoundError):
+        load_suite(tmp_path / "missing.yaml")
+
+
+# ---- the ensemble evaluator ------------------------------------------------------------
+def _suite(**changes) -> Suite:
+    base = dict(
+        attacks=["fgsm", "pgd", "apgd-ce"],
+        paths=["triangle:1.0", "rect:0.5", "bptr", "ann"],
+        eps=[0.1],
+        apgd_steps=8,
+        steps=5,
+        samples=48,
+        batch_size=16,
+        screening_samples=16,
+        diagnostics=False,
+    )
+    return Suite(**{**base, **changes})
+
+
+def _comparable(result) -> dict:
+    out = result.to_dict()
+    for eps in out["per_eps"].values():
+        for m in eps["members"]:
+            m.pop("seconds")
+    out.pop("results_path")
+    return out
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_adaptive_order_gives_the_fixed_worst_case_with_less_work(snn, digits):
+    x, y = digits[0][1400:], digits[1][1400:]
+    fixed = evaluate(snn, x, y, _suite(order="fixed"))
+    adaptive = evaluate(snn, x, y, _suite(order="adaptive"))
+    for key, f in fixed.per_eps.items():
+        a = adaptive.per_eps[key]
+        assert a.robust == f.robust
+        assert a.robust_accuracy == f.robust_accuracy < fixed.clean_accuracy
+        assert a.order != f.order and sorted(a.order) == sorted(f.order)
+        assert a.work["member_samples"] <= f.work["member_samples"]
+        assert f.members[0].alone == pytest.approx(f.members[0].cumulative)
+
+
+def test_a_killed_evaluation_resumes_to_the_same_result(snn, digits, tmp_path):
+    x, y = digits[0][1400:], digits[1][1400:]
+    whole = evaluate(snn, x, y, _suite(), results_path=tmp_path / "whole.json")
+    calls = []
+
+    def stop_after_some_batches(label, done, total):
+        calls.append(label)
+        if len(calls) == 9:
+            raise Interrupt
+
+    path = tmp_path / "killed.json"
+    with pytest.raises(Interrupt):
+        evaluate(snn, x, y, _suite(), results_path=path, progress=stop_after_some_batches)
+    state = json.loads(path.read_text())["eps"]["0.1"]["members"]
+    finished = [name for name, record in state.items() if record["done"]]
+    assert finished and len(finished) < 12
+    seen = []
+    resumed = evaluate(
+        snn, x, y, _suite(), results_path=path, progress=lambda *a: seen.append(a[0])
+    )
+    assert not any(name in label for name in finished for label in seen)
+    assert _comparable(resumed) == _comparable(whole)
+    with pytest.raises(ValueError, match="another model, data or suite"):
+        evaluate(snn, x, y, _suite(steps=6), results_path=path)
+
+
+def test_ensemble_accuracy_is_never_above_any_member(snn, digits):
+    x, y = digits[0][1400:], digits[1][1400:]
+    result = evaluate(snn, x, y, _suite(standalone="all", samples=32))
+    eps = result.per_eps["0.1"]
+    alone = [m.alone for m in eps.members]
+    assert None not in alone
+    assert eps.robust_accuracy <= min(alone)
+    assert eps.robust_accuracy < max(alone)  # the ensemble beats its weakest member
+    cumulative = [m.cumulative for m in eps.members]
+    assert cumulative == sorted(cumulative, reverse=True)
+    assert sum(m.marginal for m in eps.members) == pytest.approx(
+        result.clean_accuracy - eps.robust_accuracy
+    )
+    for i, name in enumerate(eps.fooled_by):
+        assert (name is None) == (eps.perturbation[i] is None)
+        if name is not None:
+            assert eps.perturbation[i] <= 0.1 + 1e-6
+
+
+def test_transfer_members_are_crafted_on_their_source(snn, digits):
+    x, y = digits[0][1400:], digits[1][1400:]
+    ann = copy.deepcopy(snn)
+    set_time_steps(ann, 0)
+    suite = _suite(attacks=["fgsm"], paths=["triangle:1.0"], transfer=["ann-copy"])
+    result = evaluate(snn, x, y, suite, sources={"ann-copy": ann})
+    names = [m.name for m in result.per_eps["0.1"].members]
+    assert names == ["fgsm/triangle:1.0", "transfer:ann-copy/pgd"]
+    with pytest.raises(ValueError, match="transfer source"):
+        evaluate(snn, x, y, suite)

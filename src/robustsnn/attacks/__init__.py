@@ -13,15 +13,45 @@ from robustsnn.attacks.core import (
     predict,
     project,
 )
+from robustsnn.attacks.evaluator import (
+    EpsResult,
+    EvaluationResult,
+    MemberReport,
+    adaptive_order,
+    eps_key,
+    evaluate,
+    screen_paths,
+)
 from robustsnn.attacks.members import ATTACKS, GRADIENT_ATTACKS, Member, run_member
 from robustsnn.attacks.pgd import fgsm, pgd, random_start, rfgsm
 from robustsnn.attacks.seeding import SampleRandom, derive_seed
 from robustsnn.attacks.square import square
+from robustsnn.attacks.suite import (
+    BUILTIN_SUITES,
+    DIAGNOSTICS,
+    Suite,
+    get_suite,
+    list_suites,
+    load_suite,
+)
 from robustsnn.attacks.victim import Victim, correct_fraction, is_stochastic, true_logits
 from robustsnn.attacks.worst_case import WorstCaseResult, worst_case_accuracy
 
 __all__ = [
     "ATTACKS",
+    "BUILTIN_SUITES",
+    "DIAGNOSTICS",
+    "EpsResult",
+    "EvaluationResult",
+    "MemberReport",
+    "Suite",
+    "adaptive_order",
+    "eps_key",
+    "evaluate",
+    "get_suite",
+    "list_suites",
+    "load_suite",
+    "screen_paths",
     "GRADIENT_ATTACKS",
     "Member",
     "SampleRandom",

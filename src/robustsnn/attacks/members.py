@@ -134,7 +134,7 @@ class Outcome:
         )
 
 
-def _device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
     return torch.device("cpu")
@@ -165,7 +165,7 @@ def run_member(
     if member.source is not None and source is None:
         raise ValueError(f"member {member.name} needs its source model")
     crafter = source if member.source is not None else model
-    device = _device(model)
+    device = model_device(model)
     parts: list[Outcome] = []
     rows = rows.cpu().long()
     for start in range(0, rows.numel(), batch_size):
@@ -198,7 +198,7 @@ def clean_correct(
     draws: int = 1,
 ) -> torch.Tensor:
     """Per sample, the fraction of ``draws`` true forward passes that classify it correctly."""
-    device = _device(model)
+    device = model_device(model)
     out = []
     with eval_mode(model):
         for start in range(0, labels.shape[0], batch_size):
