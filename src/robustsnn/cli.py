@@ -353,6 +353,65 @@ def demo(
     _run("demo", out, force, resume, [])
 
 
+@app.command()
+def energy(
+    target: Path = typer.Argument(..., help="A run directory or an SNN checkpoint."),
+    time_steps: str = typer.Option(
+        None, "--T", help="Comma-separated T values (default: the SNN's own T)."
+    ),
+    preset: str = typer.Option("45nm-fp32", help="45nm-fp32, 45nm-int32, 45nm-fp16, 45nm-int8."),
+    samples: int = typer.Option(200, help="Test images to average over."),
+    dataset: str = typer.Option(None, help="Dataset (default: the run's)."),
+) -> None:
+    """Spikes, synaptic operations and energy of the SNN against its ANN."""
+    from robustsnn.pipeline import measure_energy
+
+    steps = None
+    if time_steps:
+        try:
+            steps = [int(t) for t in time_steps.split(",")]
+        except ValueError:
+            raise ValueError(f"--T expects integers like 4,8; got '{time_steps}'") from None
+    report = measure_energy(
+        target, time_steps=steps, preset=preset, samples=samples, dataset=dataset
+    )
+    table = Table(
+        title=escape(f"energy per image ({report['preset']}, {report['samples']} images)")
+    )
+    for column in ("network", "T", "MAC", "AC", "spikes/image", "energy µJ", "SNN/ANN"):
+        table.add_column(column)
+    table.add_row(
+        "ANN",
+        "0",
+        f"{report['ann']['mac']:.3g}",
+        "0",
+        "–",
+        f"{report['ann']['energy_pj'] / 1e6:.3g}",
+        "–",
+    )
+    for steps_key, snn in report["snn"].items():
+        table.add_row(
+            "SNN",
+            steps_key,
+            f"{snn['mac']:.3g}",
+            f"{snn['ac']:.3g}",
+            f"{snn['spikes_per_image']:.4g}",
+            f"{snn['energy_pj'] / 1e6:.3g}",
+            f"{snn['energy_ratio_to_ann']:.3f}",
+        )
+    console.print(table)
+    console.print(escape(report["caveat"]), style="dim")
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
+    """Re-render report.md, report.html and the plots from the run's JSON (no recompute)."""
+    from robustsnn.pipeline import write_report
+
+    path = write_report(run_dir)
+    console.print(f"report: {escape(str(path))}", highlight=False)
+
+
 def main() -> None:
     """Entry point of the ``robustsnn`` command (user mistakes are handled by the root group)."""
     app(prog_name="robustsnn")

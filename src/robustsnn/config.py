@@ -51,6 +51,8 @@ class DataConfig:
     train_samples: int | None = None
     test_samples: int | None = None
     augment: list[str] | None = None
+    size: int | None = None
+    time_steps: int | None = None
 
 
 @dataclass

@@ -48,8 +48,10 @@ class Callbacks:
 def _load_data(config: RunConfig):
     from robustsnn.data import load_dataset
 
-    train = load_dataset(config.data.dataset, split="train", root=config.data.root)
-    test = load_dataset(config.data.dataset, split="test", root=config.data.root)
+    options = {"size": config.data.size, "time_steps": config.data.time_steps}
+    options = {k: v for k, v in options.items() if v is not None}
+    train = load_dataset(config.data.dataset, split="train", root=config.data.root, **options)
+    test = load_dataset(config.data.dataset, split="test", root=config.data.root, **options)
     if config.data.train_samples is not None:
         train = train.take(config.data.train_samples)
     if config.data.test_samples is not None:
@@ -227,6 +229,53 @@ def accuracy_vs_time_steps(model, test, config: RunConfig) -> dict[str, float]:
     return curve
 
 
+def measure_energy(
+    target: str | Path,
+    *,
+    time_steps: list[int] | None = None,
+    preset: str = "45nm-fp32",
+    samples: int = 200,
+    dataset: str | None = None,
+    root: str | None = None,
+) -> dict[str, Any]:
+    """Energy of a run's final SNN (stored in its summary, report re-rendered) or a checkpoint.
+
+    ``target`` is a run directory or a checkpoint; the images are the first ``samples`` test
+    images of ``dataset`` (default: the run's or the checkpoint's own dataset).
+    """
+    import json
+
+    from robustsnn.data import load_dataset
+    from robustsnn.energy import energy_report
+
+    target = Path(target)
+    rd = RunDir(target) if target.is_dir() else None
+    if rd is not None:
+        stem = next(
+            (rd.path / n for n in ("snn", "snn_converted") if (rd.path / f"{n}.json").exists()),
+            None,
+        )
+        if stem is None:
+            raise FileNotFoundError(f"{target}: no SNN checkpoint (snn or snn_converted) in it")
+    else:
+        stem = target
+    model, meta = load_checkpoint(stem)
+    dataset = dataset or meta.get("dataset")
+    if dataset is None:
+        raise ValueError(f"{target}: the checkpoint does not name its dataset; pass --dataset")
+    test = load_dataset(dataset, split="test", root=root)
+    steps = time_steps or [int(meta.get("time_steps") or 0)]
+    if any(t < 1 for t in steps):
+        raise ValueError(f"energy needs SNN time steps >= 1, got {steps}")
+    report = energy_report(model, test.images[:samples], time_steps=steps, preset=preset)
+    if rd is not None and rd.summary_path.exists():
+        summary = json.loads(rd.summary_path.read_text())
+        summary["energy"] = report
+        atomic_write_json(rd.summary_path, summary)
+        write_report(rd.path)
+    return report
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Render ``report.md``, ``report.html`` and the plots from the run's JSON; no recompute."""
     import json
@@ -289,7 +338,11 @@ def run(
             continue
         cb.stage(stage, "running")
         start = time.perf_counter()
-        metadata: dict[str, Any] = {"stage": stage, "run": config.name}
+        metadata: dict[str, Any] = {
+            "stage": stage,
+            "run": config.name,
+            "dataset": config.data.dataset,
+        }
         if stage == "ann":
             model = build_model(config, train.info)
             result = _train_ann(config, model, train, test, rd, resume, cb)

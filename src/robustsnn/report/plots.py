@@ -49,7 +49,8 @@ def plot_robust_vs_eps(summary: dict[str, Any], path: Path, extra: dict[str, Any
     ax.set_ylim(0, 100)
     ax.set_title("Robust accuracy vs ε (PGD, strongest path per stage)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     _save(fig, path)
     plt.close(fig)
     return path
@@ -78,7 +79,8 @@ def plot_accuracy_vs_time_steps(summary: dict[str, Any], path: Path):
     ax.set_ylabel("clean accuracy (%)")
     ax.set_title("Accuracy vs T")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     _save(fig, path)
     plt.close(fig)
     return path
@@ -123,7 +125,8 @@ def plot_firing_rates(summary: dict[str, Any], path: Path):
     ax.set_title("Firing rate per layer (final SNN)")
     ax.tick_params(axis="x", rotation=45)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     _save(fig, path)
     plt.close(fig)
     return path
