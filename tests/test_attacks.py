@@ -12,10 +12,14 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from robustsnn.attacks import (
+    DIAGNOSTICS,
     Member,
     Suite,
+    Victim,
     apgd,
     apgd_t,
+    ce_loss,
+    correct_fraction,
     evaluate,
     fgsm,
     get_suite,
@@ -28,6 +32,7 @@ from robustsnn.attacks import (
     square,
     worst_case_accuracy,
 )
+from robustsnn.attacks.reference import autoattack_available
 from robustsnn.snn import Neuron, SpikingNetwork, set_time_steps
 
 
@@ -361,3 +366,86 @@ def test_transfer_members_are_crafted_on_their_source(snn, digits):
     assert names == ["fgsm/triangle:1.0", "transfer:ann-copy/pgd"]
     with pytest.raises(ValueError, match="transfer source"):
         evaluate(snn, x, y, suite)
+
+
+# ---- stochastic (Poisson-coded) models -------------------------------------------------
+@pytest.fixture(scope="module")
+def poisson_snn(snn) -> TinySNN:
+    model = copy.deepcopy(snn)
+    model.encoding = "poisson"
+    set_time_steps(model, 8)
+    return model.eval()
+
+
+def test_eot_averages_gradients_inside_each_step(poisson_snn, test_set):
+    x, y = test_set[0][:16], test_set[1][:16]
+    ids = torch.arange(16)
+
+    def gradient(eot: int, stream: str) -> torch.Tensor:
+        victim = Victim(poisson_snn, "triangle:1.0", eot=eot, key="eot-test")
+        return victim.gradient(x, y, ids, ce_loss, stream)[0].flatten(1)
+
+    single = F.cosine_similarity(gradient(1, "a"), gradient(1, "b")).mean()
+    averaged = F.cosine_similarity(gradient(16, "a"), gradient(16, "b")).mean()
+    assert averaged > single + 0.1  # averaging draws removes most of the sampling noise
+    eight = Victim(poisson_snn, "triangle:1.0", eot=8, key="eot-test")
+    first = eight.gradient(x, y, ids, ce_loss, "a")[0]
+    assert torch.equal(first, eight.gradient(x, y, ids, ce_loss, "a")[0])
+
+
+def test_stochastic_accuracy_is_reported_as_mean_and_worst_of_k(poisson_snn, test_set):
+    x, y = test_set
+    once = correct_fraction(poisson_snn, x, y, draws=10)
+    assert torch.equal(once, correct_fraction(poisson_snn, x, y, draws=10))
+    assert ((once > 0) & (once < 1)).any()  # the forward pass really is random
+    suite = _suite(attacks=["pgd"], paths=["triangle:1.0"], eot=4, draws=6, samples=24)
+    result = evaluate(poisson_snn, x, y, suite)
+    assert result.stochastic
+    assert result.clean_accuracy <= result.clean_accuracy_mean
+    eps = result.per_eps["0.1"]
+    assert eps.robust_accuracy <= eps.robust_accuracy_mean <= result.clean_accuracy_mean
+    assert _comparable(evaluate(poisson_snn, x, y, suite)) == _comparable(result)
+
+
+# ---- diagnostics -------------------------------------------------------------------------
+class RoundedInput(nn.Module):
+    """Quantises its input before a classifier: gradients are zero almost everywhere (the
+    textbook shattered gradient), robustness against gradient attacks is an illusion."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(torch.round(x * 4) / 4)
+
+
+def test_diagnostics_pass_on_an_honest_model_and_flag_masked_gradients(snn, digits):
+    x, y = digits[0][1400:], digits[1][1400:]
+    checks = dict(diagnostics=True, diagnostic_samples=24, diagnostic_queries=300)
+    honest = evaluate(snn, x, y, _suite(attacks=["pgd"], samples=24, **checks))
+    assert set(honest.diagnostics) == set(DIAGNOSTICS)
+    for name in DIAGNOSTICS:
+        assert honest.diagnostics[name]["passed"], (name, honest.diagnostics[name])
+    assert honest.diagnostics["eps_sweep"]["accuracy"][-1] == 0
+    ann = copy.deepcopy(snn)
+    set_time_steps(ann, 0)
+    masked = evaluate(RoundedInput(ann), x, y, _suite(attacks=["pgd"], samples=24, **checks))
+    flagged = masked.failed_diagnostics()
+    assert {"zero_gradients", "white_vs_black_box", "eps_sweep"} <= set(flagged)
+    assert masked.diagnostics["zero_gradients"]["per_path"]["None"]["zero_samples"] == 1.0
+
+
+# ---- cross-check with the reference implementation --------------------------------------
+def test_our_apgd_ce_agrees_with_pyautoattack(snn, digits):
+    if not autoattack_available():
+        pytest.skip("pyautoattack is not installed (optional extra)")
+    from robustsnn.attacks.reference import reference_apgd
+
+    ann = copy.deepcopy(snn)
+    set_time_steps(ann, 0)
+    x, y = digits[0][1297:], digits[1][1297:]  # 500 samples
+    ours = (predict(ann, apgd(ann, x, y, 0.08)) == y).float().mean()
+    theirs = (predict(ann, reference_apgd(ann, x, y, 0.08)) == y).float().mean()
+    assert 0.2 < ours < 0.9
+    assert abs(ours - theirs) <= 0.02

@@ -5,8 +5,9 @@ w_j = ⌈p_j N⌉ with p_0 = 0, p_1 = 0.22 and p_{j+1} = p_j + max(p_j − p_{j�
 at a checkpoint a sample's step is halved and it restarts from its best point if fewer than
 ρ = 0.75 of the steps since the last checkpoint increased its loss, or if its step was not
 halved last time and its best loss did not improve. Everything is per sample (step sizes,
-best points, checkpoint tests), so a sample's run does not depend on its batch. A sample
-stops once it is fooled when the gradient's forward pass is the true forward.
+best points, checkpoint tests), so a sample's run does not depend on its batch. For
+deterministic models every iterate is judged on the true forward (also through the ``ann``
+proxy) and a sample stops at its first fooling iterate.
 """
 
 from __future__ import annotations
@@ -48,6 +49,15 @@ def apgd_start(
     return (x + eps * t).clamp(0, 1)
 
 
+def _verdict(
+    victim: Victim, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, logits: torch.Tensor
+) -> torch.Tensor:
+    """True-forward verdict per iterate; the gradient forward's for stochastic models (whose
+    final candidates are judged over several draws afterwards)."""
+    hit = victim.step_verdict(x, y, ids, logits)
+    return logits.argmax(1) != y if hit is None else hit
+
+
 def _schedule(steps: int) -> tuple[int, int, int]:
     """First checkpoint length, its minimum and its decrement (the reference's rounding)."""
     return max(int(0.22 * steps), 1), max(int(0.06 * steps), 1), max(int(0.03 * steps), 1)
@@ -73,7 +83,7 @@ def _apgd_run(
     rows = torch.arange(batch, device=x.device)
     x_adv = start.clone()
     grad, loss, logits = victim.gradient(x_adv, y, ids, loss_for(rows), f"{stream}:i0")
-    fooled = logits.argmax(1) != y
+    fooled = _verdict(victim, x_adv, y, ids, logits)
     x_best, x_best_adv, grad_best = x_adv.clone(), x_adv.clone(), grad.clone()
     loss_best = loss.clone()
     history = [loss.clone()]
@@ -83,7 +93,7 @@ def _apgd_run(
     since_check = 0
     loss_best_at_check = loss_best.clone()
     halved_at_check = torch.ones(batch, dtype=torch.bool, device=x.device)
-    alive = ~fooled if victim.exact else torch.ones_like(fooled)
+    alive = ~fooled if victim.judges_every_step else torch.ones_like(fooled)
     shape = (-1, *([1] * (x.dim() - 1)))
     for i in range(steps):
         a = alive.nonzero().flatten()
@@ -98,7 +108,7 @@ def _apgd_run(
             new, y[a], ids[a.cpu()], loss_for(a), f"{stream}:i{i + 1}"
         )
         grad[a] = g
-        hit = logits_a.argmax(1) != y[a]
+        hit = _verdict(victim, new, y[a], ids[a.cpu()], logits_a)
         x_best_adv[a[hit]] = new[hit]
         fooled[a[hit]] = True
         better = loss_a > loss_best[a]
@@ -118,7 +128,7 @@ def _apgd_run(
             step[halve] /= 2
             x_adv[halve], grad[halve] = x_best[halve], grad_best[halve]
             period, since_check = max(period - period_decr, period_min), 0
-        if victim.exact:
+        if victim.judges_every_step:
             alive[a[hit]] = False
     out = torch.where(fooled.view(shape), x_best_adv, x_best)
     return out, fooled
@@ -168,7 +178,7 @@ def _apgd_restarts(
             loss_for=loss_for(rows),
             stream=f"{stream}:r{r}",
         )
-        if not victim.exact:
+        if not victim.judges_every_step:
             fooled = victim.fooled(out, y[rows], rid)
         best[rows] = out
         todo[rows[fooled]] = False

@@ -112,11 +112,11 @@ def pgd(
 ) -> torch.Tensor:
     """Projected gradient ascent (Madry et al. 2018) with random start and restarts.
 
-    The step defaults to 2.5·ε/steps. A sample stops as soon as an iterate fools the true
-    forward pass and keeps that iterate (when the gradient's forward pass is the true one;
-    otherwise every restart runs all steps and its last iterate is judged on the true forward).
-    Restarts run only on samples no earlier restart fooled. A never-fooled sample returns the
-    last iterate of the last restart.
+    The step defaults to 2.5·ε/steps. Every iterate is judged on the true forward pass
+    (deterministic models; for the ``ann`` path this costs one true forward per step) and a
+    sample stops at its first fooling iterate; for stochastic models every restart runs all
+    steps and its last iterate is judged over ``draws`` draws. Restarts run only on samples no
+    earlier restart fooled. A never-fooled sample returns the last iterate of the last restart.
     """
     check_norm(norm)
     check_eps(eps)
@@ -140,8 +140,8 @@ def pgd(
                 grad, _, logits = victim.gradient(
                     cur, y[rows], ids[rows.cpu()], loss_fn, f"r{r}:i{i}"
                 )
-                if victim.exact:
-                    hit = logits.argmax(1) != y[rows]
+                hit = victim.step_verdict(cur, y[rows], ids[rows.cpu()], logits)
+                if hit is not None:
                     best[rows[hit]] = cur[hit]
                     todo[rows[hit]] = False
                     rows, cur, grad = rows[~hit], cur[~hit], grad[~hit]

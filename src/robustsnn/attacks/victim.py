@@ -125,6 +125,25 @@ class Victim:
         model, path not ``ann``): its logits then judge success for free."""
         return not self.proxy and not self.stochastic
 
+    @property
+    def judges_every_step(self) -> bool:
+        """True when every iterate is judged on the true forward (deterministic models), so
+        a sample can stop at its first fooling iterate."""
+        return not self.stochastic
+
+    def step_verdict(
+        self, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, logits: torch.Tensor
+    ) -> torch.Tensor | None:
+        """Whether the iterate ``x`` fools the true forward, given the gradient's ``logits``
+        (free when exact, one forward for the ANN proxy); None for stochastic models, whose
+        iterates are judged only at the end (over ``draws`` draws)."""
+        if self.exact:
+            return logits.argmax(1) != y
+        if self.stochastic:
+            return None
+        with torch.no_grad():
+            return self.model(x).argmax(1) != y
+
     def gradient(
         self, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, loss_fn: LossFn, stream: str
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
