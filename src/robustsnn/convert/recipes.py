@@ -253,3 +253,8 @@ def convert(
         if "unexpected keyword" in str(err):
             raise ValueError(f"recipe '{recipe}': {err}") from None
         raise
+
+
+def register_recipe(name: str, fn: Callable[..., nn.Module]) -> None:
+    """Make ``fn(model, calibration_set, *, time_steps, ...)`` available as recipe ``name``."""
+    _RECIPES[name] = fn

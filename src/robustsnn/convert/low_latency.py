@@ -1,0 +1,672 @@
+"""Low-latency conversion recipes: OPI, COS, SRP, training-free LTB, max-norm and percentile.
+
+Every recipe converts a model of this toolkit in place (COS and SRP wrap it) and leaves it at
+``time_steps``; all neurons are integrate-and-fire with reset by subtraction and spikes of
+amplitude θ, so a layer's spike rate times θ approximates its ANN activation.
+
+* ``opi`` (Bu et al., AAAI 2022): a clipped (or QCFS) ANN, θ = λ and the optimal initial
+  potential v0 = θ/2.
+* ``cos`` (Hao et al., ICLR 2023): QCFS conversion plus offset-spike calibration: per test
+  sample, each layer in turn runs ρ pre-simulation steps; a neuron that ended with a negative
+  residual after firing (one spike too many) starts lower, one that ended at or above θ (one
+  spike too few) starts higher, then the real run takes T steps. Latency ρ + T.
+* ``srp`` (Hao et al., AAAI 2023): QCFS conversion plus residual-potential silencing: the whole
+  network runs τ steps per test sample; neurons whose residual potential is ≤ 0 are silenced
+  in the real run of T steps, which restarts from v0 = θ/2. Latency τ + T.
+* ``tfc`` (Bu, Li & Yu, CVPR 2025): training-free conversion of a ReLU ANN by local threshold
+  balancing: per-channel thresholds start at 0 and grow by ``2·mean((z − θ)⁺)`` per
+  calibration batch while the clipped activations are fed forward (no backprop); v0 = θ/2;
+  delayed readout. Max-pooling must sit before the neuron (:func:`from_torch` does that).
+* ``max-norm`` / ``percentile`` (Diehl 2015; Rueckauer 2017): per-layer θ = the maximum (or the
+  p-th percentile) of the layer's ANN activations on calibration data; v0 = 0.
+
+COS and SRP calibrate per input at inference time, under ``no_grad``: gradients of the real
+run treat the calibrated potentials as constants (a BPDA-style attack surface; evaluate them
+with that in mind).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustsnn.convert.from_torch import GraphNetwork, readout_start
+from robustsnn.convert.recipes import layer_input, qcfs, register_recipe
+from robustsnn.data.dataset import ImageDataset, batches
+from robustsnn.models.registry import create_model, register_model
+from robustsnn.snn.network import SpikingNetwork, named_neurons, set_time_steps, using_time_steps
+from robustsnn.snn.neuron import Neuron
+
+PRESIMULATIONS = ("cos", "srp")
+COS_SHIFTS = ("margin", "unit")
+SILENT_POTENTIAL = -1.0e6
+"""Initial potential of a neuron SRP silences: it cannot reach θ within any practical T."""
+
+
+def _neurons(model: nn.Module) -> list[tuple[str, Neuron]]:
+    neurons = named_neurons(model)
+    if not neurons:
+        raise ValueError("the model has no Neuron modules to convert")
+    return neurons
+
+
+def _spiking_setup(neuron: Neuron, initial_potential: str) -> None:
+    neuron.configure(
+        initial_potential=initial_potential,
+        reset="subtract",
+        spike_amplitude="threshold",
+        trainable_threshold=False,
+    )
+
+
+# ---- OPI ---------------------------------------------------------------------------------------
+def opi(
+    model: nn.Module, calibration_set: ImageDataset | None = None, *, time_steps: int = 8
+) -> nn.Module:
+    """OPI: θ = λ of a clip (or QCFS) ANN, v0 = θ/2, reset by subtraction; no data needed."""
+    for name, n in _neurons(model):
+        if n.activation not in ("clip", "qcfs") or n.clip_value is None:
+            raise ValueError(
+                f"opi needs an ANN trained with clipped activations ('clip' or 'qcfs'); "
+                f"neuron '{name}' is '{n.activation}'"
+            )
+        n.set_threshold(n.clip_value.detach().clone())
+        _spiking_setup(n, "half")
+    set_time_steps(model, time_steps)
+    return model.eval()
+
+
+# ---- data-based normalisation --------------------------------------------------------------------
+def _calibration_batches(
+    calibration_set: ImageDataset | None, count: int, batch_size: int, seed: int, recipe: str
+) -> list[torch.Tensor]:
+    if calibration_set is None or len(calibration_set) == 0:
+        raise ValueError(f"recipe '{recipe}' needs calibration data (a few training images)")
+    if count < 1:
+        raise ValueError(f"the number of calibration batches must be >= 1, got {count}")
+    data = []
+    epoch = 0
+    while len(data) < count:
+        for x, _ in batches(calibration_set, batch_size, shuffle=True, seed=seed, epoch=epoch):
+            data.append(x)
+            if len(data) == count:
+                break
+        epoch += 1
+    return data
+
+
+@torch.no_grad()
+def _ann_activations(model: nn.Module, data: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every neuron's ANN output over ``data`` (flattened, concatenated)."""
+    outputs: dict[str, list[torch.Tensor]] = {}
+    handles = [
+        n.register_forward_hook(
+            lambda _m, _a, out, name=name: outputs.setdefault(name, []).append(out.reshape(-1))
+        )
+        for name, n in _neurons(model)
+    ]
+    try:
+        with using_time_steps(model, 0):
+            model.eval()
+            for x in data:
+                model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: torch.cat(values) for name, values in outputs.items()}
+
+
+def _upper_percentile(values: torch.Tensor, percentile: float) -> float:
+    """The ``percentile`` of ``values`` (k-th smallest with k = ⌈q·n⌉, at least 1)."""
+    k = max(1, min(values.numel(), math.ceil(percentile / 100 * values.numel())))
+    return float(values.float().kthvalue(k).values)
+
+
+def _data_normalisation(
+    model: nn.Module,
+    calibration_set: ImageDataset | None,
+    percentile: float,
+    time_steps: int,
+    batches_per_layer: int,
+    batch_size: int,
+    threshold_min: float,
+    seed: int,
+    recipe: str,
+) -> nn.Module:
+    if not 0 < percentile <= 100:
+        raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+    data = _calibration_batches(calibration_set, batches_per_layer, batch_size, seed, recipe)
+    activations = _ann_activations(model, data)
+    for name, n in _neurons(model):
+        if name not in activations:
+            raise ValueError(f"neuron '{name}' was not reached by the forward pass")
+        value = _upper_percentile(activations[name], percentile)
+        n.set_threshold(max(value, threshold_min))
+        _spiking_setup(n, "zero")
+    set_time_steps(model, time_steps)
+    return model.eval()
+
+
+def max_norm(
+    model: nn.Module,
+    calibration_set: ImageDataset | None = None,
+    *,
+    time_steps: int = 32,
+    batches_per_layer: int = 4,
+    batch_size: int = 64,
+    threshold_min: float = 1e-3,
+    seed: int = 0,
+) -> nn.Module:
+    """Layer-wise data normalisation: θ = the largest ANN activation of each layer; v0 = 0."""
+    return _data_normalisation(
+        model,
+        calibration_set,
+        100.0,
+        time_steps,
+        batches_per_layer,
+        batch_size,
+        threshold_min,
+        seed,
+        "max-norm",
+    )
+
+
+def percentile_norm(
+    model: nn.Module,
+    calibration_set: ImageDataset | None = None,
+    *,
+    time_steps: int = 32,
+    percentile: float = 99.9,
+    batches_per_layer: int = 4,
+    batch_size: int = 64,
+    threshold_min: float = 1e-3,
+    seed: int = 0,
+) -> nn.Module:
+    """Robust normalisation: θ = the p-th percentile of each layer's ANN activations; v0 = 0."""
+    return _data_normalisation(
+        model,
+        calibration_set,
+        percentile,
+        time_steps,
+        batches_per_layer,
+        batch_size,
+        threshold_min,
+        seed,
+        "percentile",
+    )
+
+
+# ---- training-free conversion (local threshold balancing) ---------------------------------------
+def _channel_dims(z: torch.Tensor) -> tuple[int, ...]:
+    """All dims but the channel dim 1."""
+    return (0,) + tuple(range(2, z.dim()))
+
+
+def _channel_view(theta: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    return theta.view(1, -1, *([1] * (z.dim() - 2)))
+
+
+@torch.no_grad()
+def local_threshold_balancing(
+    model: nn.Module, data: list[torch.Tensor], eps: float = 1e-6
+) -> dict[str, torch.Tensor]:
+    """Per-channel thresholds by LTB: θ ← θ + 2·mean((z − θ)⁺) per batch, clipped z fed on.
+
+    θ starts at 0; every neuron is replaced by ``clamp(z, 0, θ)`` during the passes, so each
+    layer is balanced against the clipped activity of the layers before it. No gradients.
+    """
+    neurons = _neurons(model)
+    thresholds: dict[str, torch.Tensor] = {}
+
+    def balance(name: str):
+        def hook(_module: nn.Module, args: tuple[torch.Tensor, ...], _out: torch.Tensor):
+            z = args[0]
+            theta = thresholds.get(name)
+            if theta is None:
+                theta = torch.zeros(z.shape[1], dtype=z.dtype, device=z.device)
+            excess = (z - _channel_view(theta, z)).clamp_min(0).mean(_channel_dims(z))
+            theta = (theta + 2 * excess).clamp_min(eps)
+            thresholds[name] = theta
+            return torch.minimum(z.clamp_min(0), _channel_view(theta, z))
+
+        return hook
+
+    handles = [n.register_forward_hook(balance(name)) for name, n in neurons]
+    try:
+        with using_time_steps(model, 0):
+            model.eval()
+            for x in data:
+                model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return thresholds
+
+
+@torch.no_grad()
+def estimate_readout_delay(
+    model: nn.Module, x: torch.Tensor, thresholds: dict[str, torch.Tensor]
+) -> int:
+    """Steps until the first output spike: ``Σ_l min_i (θ_i − v0_i) / E[ReLU(z_i)]`` (v0 = θ/2).
+
+    ``E`` is the mean over the batch ``x`` of each neuron's input current with the clipped
+    activations of the earlier layers fed forward.
+    """
+    total = 0.0
+
+    def measure(name: str):
+        def hook(_module: nn.Module, args: tuple[torch.Tensor, ...], _out: torch.Tensor):
+            nonlocal total
+            z = args[0]
+            theta = _channel_view(thresholds[name], z)[0]
+            rate = z.clamp_min(0).mean(0)
+            charge = (theta / 2).expand_as(rate)
+            ratio = torch.where(rate > 0, charge / rate.clamp_min(1e-12), torch.inf)
+            fastest = float(ratio.min())
+            total += fastest if math.isfinite(fastest) else 0.0
+            return torch.minimum(z.clamp_min(0), _channel_view(thresholds[name], z))
+
+        return hook
+
+    handles = [n.register_forward_hook(measure(name)) for name, n in _neurons(model)]
+    try:
+        with using_time_steps(model, 0):
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return int(round(total))
+
+
+def tfc(
+    model: nn.Module,
+    calibration_set: ImageDataset | None = None,
+    *,
+    time_steps: int = 32,
+    batches_per_layer: int = 16,
+    batch_size: int = 64,
+    delay: bool | int = True,
+    seed: int = 0,
+) -> nn.Module:
+    """Training-free conversion: per-channel LTB thresholds, v0 = θ/2, delayed readout.
+
+    ``batches_per_layer`` calibration batches balance the thresholds (one forward pass each);
+    one more estimates the readout delay (``delay=True``), or ``delay`` gives it in steps
+    (``False``/0: plain mean over all T).
+    """
+    neurons = _neurons(model)
+    for name, n in neurons:
+        if not n.channels:
+            raise ValueError(f"tfc needs per-channel thresholds; neuron '{name}' has no channels")
+    data = _calibration_batches(calibration_set, batches_per_layer + 1, batch_size, seed, "tfc")
+    thresholds = local_threshold_balancing(model, data[:-1])
+    for name, n in neurons:
+        if thresholds[name].numel() != n.channels:
+            raise ValueError(
+                f"neuron '{name}' has {n.channels} channels but sees inputs with "
+                f"{thresholds[name].numel()}"
+            )
+    steps = estimate_readout_delay(model, data[-1], thresholds) if delay is True else int(delay)
+    for name, n in neurons:
+        n.set_threshold(thresholds[name])
+        _spiking_setup(n, "half")
+    set_readout_delay(model, steps)
+    set_time_steps(model, time_steps)
+    return model.eval()
+
+
+def set_readout_delay(model: nn.Module, delay: int) -> None:
+    """Average the output over steps ``t ≥ delay`` only (the last 4 if ``T < delay + 4``).
+
+    :class:`GraphNetwork` stores the delay in its architecture (so checkpoints keep it); for
+    zoo models a forward hook on the last ``nn.Linear`` applies it and the caller must save
+    ``readout_delay`` in the checkpoint metadata and call this again after loading.
+    """
+    if delay < 0:
+        raise ValueError(f"the readout delay must be >= 0, got {delay}")
+    target = model.net if isinstance(model, PresimulatedNetwork) else model
+    target.readout_delay = int(delay)
+    if isinstance(target, GraphNetwork):
+        arch = getattr(target, "_architecture", None)
+        if arch is not None:
+            arch["kwargs"]["readout_delay"] = int(delay)
+        return
+    old = getattr(target, "_readout_delay_hook", None)
+    if old is not None:
+        old.remove()
+        target._readout_delay_hook = None
+    if delay == 0:
+        return
+    readout = [m for m in target.modules() if isinstance(m, nn.Linear)]
+    if not readout:
+        raise ValueError("a readout delay needs a final nn.Linear layer")
+
+    def hook(_module: nn.Module, _args: Any, out: torch.Tensor) -> torch.Tensor:
+        steps = target.time_steps
+        start = readout_start(steps, target.readout_delay) if steps else 0
+        if start == 0 or out.shape[0] % steps:
+            return out
+        seq = out.reshape(steps, -1, *out.shape[1:])
+        weights = torch.zeros(steps, dtype=out.dtype, device=out.device)
+        weights[start:] = steps / (steps - start)
+        return (seq * weights.view(-1, *([1] * (seq.dim() - 1)))).reshape(out.shape)
+
+    target._readout_delay_hook = readout[-1].register_forward_hook(hook)
+
+
+def readout_delay(model: nn.Module) -> int:
+    """The model's readout delay in steps (0 when it reads out every step)."""
+    target = model.net if isinstance(model, PresimulatedNetwork) else model
+    return int(getattr(target, "readout_delay", 0) or 0)
+
+
+@contextlib.contextmanager
+def _no_readout_delay(model: nn.Module) -> Iterator[None]:
+    delay = readout_delay(model)
+    if delay:
+        set_readout_delay(model, 0)
+    try:
+        yield
+    finally:
+        if delay:
+            set_readout_delay(model, delay)
+
+
+# ---- COS and SRP: per-sample pre-simulation ------------------------------------------------------
+class _Stop(Exception):
+    pass
+
+
+def _input_sequence(x: torch.Tensor, steps: int, batch: int) -> torch.Tensor:
+    """A neuron input as ``[T, B, ...]`` (direct-coded input arrives once, unexpanded)."""
+    if x.shape[0] == batch and steps != 1:
+        return x.unsqueeze(0).expand(steps, *x.shape)
+    return x.reshape(steps, -1, *x.shape[1:])
+
+
+def offset_spike_potential(
+    current: torch.Tensor,
+    threshold: torch.Tensor,
+    shift: str = "margin",
+    strict: bool = False,
+) -> torch.Tensor:
+    """COS: the calibrated initial potential of every neuron from its pre-simulation input.
+
+    ``current`` is ``[ρ, B, ...]``; ``threshold`` broadcasts against one step. In units of θ,
+    the neuron starts at ½ and runs ρ IF steps (reset by subtraction). If it ends below 0
+    having fired (one spike too many) it restarts at ``½ − d``; if it ends at or above 1 (one
+    spike too few) at ``½ + d``; otherwise at ½. With ``shift="unit"`` d = 1 (one threshold,
+    the paper's optimal shift); with ``"margin"`` (the authors' code) d is at least 1 and
+    large enough to remove the earliest extra spike (``min m_fired − 0.999``) or add the
+    missing one (``1.001 − max v_silent``).
+    """
+    if shift not in COS_SHIFTS:
+        raise ValueError(f"shift must be one of {', '.join(COS_SHIFTS)}; got {shift!r}")
+    u = current / threshold
+    v = torch.full_like(u[0], 0.5)
+    fired_any = torch.zeros_like(v, dtype=torch.bool)
+    lowest_fired = torch.full_like(v, torch.inf)
+    highest_silent = torch.full_like(v, -torch.inf)
+    for t in range(u.shape[0]):
+        m = v + u[t]
+        fired = m > 1 if strict else m >= 1
+        fired_any |= fired
+        lowest_fired = torch.where(fired, torch.minimum(lowest_fired, m), lowest_fired)
+        highest_silent = torch.where(fired, highest_silent, torch.maximum(highest_silent, m))
+        v = m - fired.to(m.dtype)
+    too_many = (v < 0) & fired_any
+    too_few = v >= 1
+    if shift == "unit":
+        down = up = torch.ones_like(v)
+    else:
+        down = (lowest_fired - 0.999).clamp_min(1.0)
+        up = torch.where(highest_silent.isfinite(), 1.001 - highest_silent, 1.0).clamp_min(1.0)
+    v0 = torch.full_like(v, 0.5) - too_many.to(v.dtype) * down + too_few.to(v.dtype) * up
+    return v0 * threshold
+
+
+def residual_potential_mask(final: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """SRP: True where a neuron keeps firing (residual potential ``v(τ)/θ > 10⁻³``)."""
+    return final / threshold > 1e-3
+
+
+def _threshold_like(neuron: Neuron, sample: torch.Tensor) -> torch.Tensor:
+    theta = neuron.effective_threshold().detach()
+    if theta.dim() == 1:
+        theta = theta.view(-1, *([1] * (sample.dim() - 2)))
+    return theta
+
+
+class PresimulatedNetwork(SpikingNetwork):
+    """A converted network that calibrates its neurons on every input before running it.
+
+    Args:
+        net: the converted network (thresholds set, v0 = θ/2, reset by subtraction).
+        method: ``cos`` (offset-spike initial potentials, layer by layer) or ``srp``
+            (silence neurons whose residual potential after τ steps is ≤ 0).
+        presim_steps: ρ (COS) or τ (SRP) pre-simulation steps; total latency is this + T.
+        shift: COS shift rule (``margin`` as in the authors' code, or ``unit``).
+
+    At T = 0 it is ``net``'s ANN. Each neuron's own initial-potential setting is restored
+    after every call, so the wrapped network is unchanged between calls.
+    """
+
+    def __init__(
+        self, net: SpikingNetwork, method: str = "cos", presim_steps: int = 4, shift: str = "margin"
+    ) -> None:
+        if method not in PRESIMULATIONS:
+            raise ValueError(f"method must be one of {', '.join(PRESIMULATIONS)}; got {method!r}")
+        if presim_steps < 1:
+            raise ValueError(f"presim_steps must be >= 1, got {presim_steps}")
+        if shift not in COS_SHIFTS:
+            raise ValueError(f"shift must be one of {', '.join(COS_SHIFTS)}; got {shift!r}")
+        super().__init__(net.input_shape, net.num_classes, net.time_steps, net.encoding)
+        self.net = net
+        self.method = method
+        self.presim_steps = int(presim_steps)
+        self.shift = shift
+        arch = net.architecture()
+        if arch:
+            self._architecture = {
+                "name": "presimulated",
+                "kwargs": {
+                    "base": arch,
+                    "method": method,
+                    "presim_steps": self.presim_steps,
+                    "shift": shift,
+                },
+            }
+
+    @property
+    def latency_offset(self) -> int:
+        return self.presim_steps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.time_steps == 0:
+            return self.net(x)
+        neurons = [n for _, n in named_neurons(self.net)]
+        saved = [(n, n.initial_potential_mode, n.initial_potential) for n in neurons]
+        try:
+            with torch.no_grad():
+                presim = x[: self.presim_steps] if x.dim() == len(self.input_shape) + 2 else x
+                if self.method == "cos":
+                    self._offset_spikes(presim, neurons)
+                else:
+                    self._residual_mask(presim, neurons)
+            return self.net(x)
+        finally:
+            for n, mode, value in saved:
+                n.initial_potential = value
+                n.initial_potential_mode = mode
+
+    def _offset_spikes(self, x: torch.Tensor, neurons: list[Neuron]) -> None:
+        """Calibrate neuron by neuron, each on the already calibrated layers before it."""
+        batch = x.shape[1] if x.dim() == len(self.input_shape) + 2 else x.shape[0]
+        with using_time_steps(self.net, self.presim_steps):
+            for neuron in neurons:
+                neuron.configure(initial_potential="half")
+                current = layer_input(self.net, neuron, x)
+                seq = _input_sequence(current, self.presim_steps, batch)
+                theta = _threshold_like(neuron, seq[0])
+                v0 = offset_spike_potential(seq, theta, self.shift, neuron.strict_firing)
+                neuron.set_initial_potential(v0)
+
+    def _residual_mask(self, x: torch.Tensor, neurons: list[Neuron]) -> None:
+        """One τ-step run of the whole network; silence neurons with residual ≤ 0."""
+        for n in neurons:
+            n.configure(initial_potential="half")
+            n.record_potential = True
+        try:
+            with using_time_steps(self.net, self.presim_steps):
+                self.net(x)
+            finals = [n.final_potential for n in neurons]
+        finally:
+            for n in neurons:
+                n.record_potential = False
+                n.final_potential = None
+        for n, final in zip(neurons, finals, strict=True):
+            theta = _threshold_like(n, final)
+            keep = residual_potential_mask(final, theta)
+            v0 = torch.where(keep, (theta / 2).expand_as(final), SILENT_POTENTIAL)
+            n.set_initial_potential(v0)
+
+
+@register_model
+def presimulated(
+    base: dict[str, Any], method: str = "cos", presim_steps: int = 4, shift: str = "margin"
+) -> PresimulatedNetwork:
+    """A converted network calibrated per input by COS or SRP pre-simulation."""
+    net = create_model(base["name"], **dict(base.get("kwargs") or {}))
+    return PresimulatedNetwork(net, method, presim_steps, shift)
+
+
+def _qcfs_or_keep(model: nn.Module, base: str | None, time_steps: int) -> nn.Module:
+    if base == "qcfs":
+        return qcfs(model, None, time_steps=time_steps)
+    if base is None:
+        for name, n in _neurons(model):
+            if n.initial_potential_mode != "half" or n.reset != "subtract":
+                raise ValueError(
+                    f"neuron '{name}' is not converted for pre-simulation (needs v0 = θ/2 and "
+                    "reset by subtraction): convert with qcfs, opi or tfc first, or base='qcfs'"
+                )
+        return model
+    raise ValueError(f"base must be 'qcfs' or None (keep the current conversion), got {base!r}")
+
+
+def _wrap(model: nn.Module, method: str, presim_steps: int, shift: str, time_steps: int):
+    if not isinstance(model, SpikingNetwork):
+        raise ValueError(f"{method} needs a SpikingNetwork (a zoo model or from_torch's result)")
+    if isinstance(model, PresimulatedNetwork):
+        raise ValueError("the model is already calibrated by pre-simulation")
+    wrapped = PresimulatedNetwork(model, method, presim_steps, shift)
+    set_time_steps(wrapped, time_steps)
+    return wrapped.eval()
+
+
+def cos(
+    model: nn.Module,
+    calibration_set: ImageDataset | None = None,
+    *,
+    time_steps: int = 8,
+    presim_steps: int = 4,
+    shift: str = "margin",
+    base: str | None = "qcfs",
+) -> PresimulatedNetwork:
+    """COS: QCFS conversion (``base``) + per-sample offset-spike calibration with ρ steps."""
+    model = _qcfs_or_keep(model, base, time_steps)
+    return _wrap(model, "cos", presim_steps, shift, time_steps)
+
+
+def srp(
+    model: nn.Module,
+    calibration_set: ImageDataset | None = None,
+    *,
+    time_steps: int = 8,
+    presim_steps: int = 4,
+    base: str | None = "qcfs",
+) -> PresimulatedNetwork:
+    """SRP: QCFS conversion (``base``) + per-sample silencing after τ pre-simulation steps."""
+    model = _qcfs_or_keep(model, base, time_steps)
+    return _wrap(model, "srp", presim_steps, "margin", time_steps)
+
+
+def latency_offset(model: nn.Module) -> int:
+    """Extra steps a model spends before its T steps (ρ or τ for COS/SRP, else 0)."""
+    return model.presim_steps if isinstance(model, PresimulatedNetwork) else 0
+
+
+# ---- evaluation ---------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _capture_body_output(model: nn.Module, sink: list[torch.Tensor]) -> Iterator[None]:
+    body = model.net if isinstance(model, PresimulatedNetwork) else model
+    original = body.forward_body
+
+    def capture(x: torch.Tensor) -> torch.Tensor:
+        out = original(x)
+        sink.append(out)
+        return out
+
+    body.forward_body = capture
+    try:
+        yield
+    finally:
+        del body.forward_body
+
+
+@torch.no_grad()
+def accuracy_vs_time(
+    model: nn.Module,
+    dataset: ImageDataset,
+    time_steps: Sequence[int],
+    batch_size: int = 256,
+) -> dict[int, float]:
+    """Accuracy after each T of ``time_steps`` from one run at the largest T.
+
+    The network is causal (and COS/SRP calibration does not depend on T), so the mean of the
+    first t step outputs is what a run at T = t reads out; a readout delay is applied per t.
+    """
+    steps = sorted({int(t) for t in time_steps})
+    if not steps or steps[0] < 1:
+        raise ValueError(f"time steps must be integers >= 1, got {list(time_steps)}")
+    if not isinstance(model, SpikingNetwork):
+        raise ValueError("accuracy_vs_time needs a SpikingNetwork")
+    horizon = steps[-1]
+    delay = readout_delay(model)
+    correct = dict.fromkeys(steps, 0)
+    was_training = model.training
+    model.eval()
+    sink: list[torch.Tensor] = []
+    try:
+        with _no_readout_delay(model), using_time_steps(model, horizon):
+            for x, y in batches(dataset, batch_size):
+                sink.clear()
+                with _capture_body_output(model, sink):
+                    model(x)
+                out = sink[-1]
+                if out.shape[0] == x.shape[0]:
+                    out = out.unsqueeze(0).expand(horizon, *out.shape)
+                out = out.reshape(horizon, x.shape[0], -1)
+                for t in steps:
+                    start = readout_start(t, delay)
+                    predicted = out[start:t].mean(0).argmax(1)
+                    correct[t] += int((predicted == y).sum())
+    finally:
+        model.train(was_training)
+    return {t: correct[t] / max(1, len(dataset)) for t in steps}
+
+
+for _name, _fn in (
+    ("opi", opi),
+    ("cos", cos),
+    ("srp", srp),
+    ("tfc", tfc),
+    ("max-norm", max_norm),
+    ("percentile", percentile_norm),
+):
+    register_recipe(_name, _fn)
