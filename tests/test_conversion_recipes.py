@@ -1,0 +1,301 @@
+"""Low-latency recipes: QCFS exactness, COS/SRP rules and gains, LTB, data normalisation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from robustsnn.convert import (
+    PresimulatedNetwork,
+    accuracy_vs_time,
+    convert,
+    from_torch,
+    latency_offset,
+    list_recipes,
+)
+from robustsnn.convert.from_torch import readout_start
+from robustsnn.convert.low_latency import (
+    local_threshold_balancing,
+    offset_spike_potential,
+    residual_potential_mask,
+)
+from robustsnn.data import load_dataset
+from robustsnn.data.dataset import DatasetInfo, ImageDataset
+from robustsnn.io import load_checkpoint, save_checkpoint
+from robustsnn.models import create_model
+from robustsnn.snn import set_time_steps
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_every_recipe_is_registered():
+    assert {"qcfs", "opi", "cos", "srp", "tfc", "max-norm", "percentile"} <= set(list_recipes())
+    assert "threshold-balancing" in list_recipes()
+
+
+# ---- QCFS exactness --------------------------------------------------------------------------
+class OneHidden(nn.Module):
+    """conv-BN-ReLU-avgpool-linear: one spiking layer, then only linear maps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(6)
+        self.relu = nn.ReLU()
+        self.pool = nn.AvgPool2d(2)
+        self.fc = nn.Linear(6 * 4 * 4, 5)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.relu(self.bn(self.conv(x)))), 1))
+
+
+@pytest.mark.parametrize("levels", [2, 4, 8])
+def test_qcfs_at_t_equals_l_equals_the_ann_on_a_small_network(levels):
+    """With direct coding the spiking layer sees a constant current, so at T = L its spike
+    count is exactly the QCFS level, and the layers after it are linear: the whole network's
+    output equals the ANN's (up to float rounding of the time average). Through more spiking
+    layers the inputs vary over time and only the expectation is exact (test_network.py)."""
+    torch.manual_seed(levels)
+    net = from_torch(OneHidden().eval(), (1, 8, 8), neuron={"activation": "qcfs", "levels": levels})
+    net.layers["relu"].clip_value.data.fill_(0.7)
+    x = torch.rand(16, 1, 8, 8)
+    with torch.no_grad():
+        ann = net(x)
+        snn = convert(net, "qcfs", time_steps=levels)
+        out = snn(x)
+        set_time_steps(snn, 1 if levels > 1 else 3)
+        other = snn(x)
+    assert torch.allclose(out, ann, atol=1e-5, rtol=0)
+    assert not torch.allclose(other, ann, atol=1e-3)
+
+
+# ---- COS and SRP -----------------------------------------------------------------------------
+def run_rule(inputs: list[float], shift: str = "margin") -> float:
+    current = torch.tensor(inputs).view(-1, 1, 1)
+    return float(offset_spike_potential(current, torch.tensor(1.0), shift))
+
+
+def test_offset_spike_rule_by_hand():
+    # fires at t=1 (m = 1.1) and ends at -0.7: one spike too many -> start one θ lower
+    assert run_rule([0.6, 0.6, -0.7, -0.7]) == pytest.approx(-0.5)
+    # ends at 1.0 after one spike (m = 2.0 at t=4), highest silent potential 0.7 -> one θ up
+    assert run_rule([-1.0, 0.2, 1.0, 1.3]) == pytest.approx(1.5)
+    # the extra spike came from m = 2.5: the code's margin shifts by 2.5 - 0.999
+    assert run_rule([2.0, -3.0, 0.0, 0.0]) == pytest.approx(0.5 - 1.501)
+    assert run_rule([2.0, -3.0, 0.0, 0.0], shift="unit") == pytest.approx(-0.5)
+    # a constant current never leaves [0, θ), a silent neuron stays silent: no shift
+    assert run_rule([-0.3, -0.3, -0.3]) == pytest.approx(0.5)
+    assert run_rule([0.3, 0.3, 0.3, 0.3]) == pytest.approx(0.5)
+    # the shifted start gives the count the total charge asks for
+    assert run_rule([-1.0, 0.2, 1.0, 1.3]) + sum([-1.0, 0.2, 1.0, 1.3]) >= 2.0
+
+
+def test_residual_mask_by_hand():
+    final = torch.tensor([-0.2, 0.0, 0.0005, 0.3])
+    assert residual_potential_mask(final, torch.tensor(0.5)).tolist() == [
+        False,
+        False,
+        False,
+        True,
+    ]
+
+
+def qcfs_case(levels: int = 4):
+    """A fixed small case: a seeded QCFS small CNN with λ at each layer's 99th percentile."""
+    torch.manual_seed(1)
+    model = create_model(
+        "small_cnn", input_shape=(1, 8, 8), neuron={"activation": "qcfs", "levels": levels}
+    ).eval()
+    x = torch.rand(64, 1, 8, 8)
+    with torch.no_grad():
+        for _, n in model.neurons():
+            seen = []
+            handle = n.register_forward_pre_hook(lambda m, a, seen=seen: seen.append(a[0]))
+            model(x)
+            handle.remove()
+            n.clip_value.fill_(float(seen[0].flatten().quantile(0.99)))
+    return model, x
+
+
+@pytest.mark.parametrize("recipe", ["cos", "srp"])
+def test_cos_and_srp_never_worse_than_qcfs(recipe):
+    errors = {}
+    for name in ("qcfs", recipe):
+        model, x = qcfs_case()
+        with torch.no_grad():
+            ann = model(x)
+            snn = convert(model, name, time_steps=1)
+            for steps in (1, 2, 4, 8):
+                set_time_steps(snn, steps)
+                errors[name, steps] = float((snn(x) - ann).abs().mean())
+    for steps in (1, 2, 4, 8):
+        assert errors[recipe, steps] <= errors["qcfs", steps]
+    assert errors[recipe, 4] < errors["qcfs", 4]
+
+
+def test_presimulation_is_per_sample_restores_neurons_and_passes_gradients():
+    model, x = qcfs_case()
+    snn = convert(model, "cos", time_steps=4, presim_steps=3)
+    assert isinstance(snn, PresimulatedNetwork)
+    assert latency_offset(snn) == 3
+    with torch.no_grad():
+        batch = snn(x[:6])
+        single = torch.cat([snn(x[i : i + 1]) for i in range(6)])
+    assert torch.allclose(batch, single, atol=1e-6)
+    assert all(n.initial_potential_mode == "half" for _, n in snn.neurons())
+    assert all(n.initial_potential is None for _, n in snn.neurons())
+    xg = x[:4].clone().requires_grad_(True)
+    snn(xg).sum().backward()
+    assert xg.grad is not None and xg.grad.abs().sum() > 0
+
+
+def test_srp_silences_a_neuron_with_non_positive_residual():
+    """A lone neuron with current +0.6θ then -0.6θ fires once at t = 1 and ends at 0:
+    SRP silences it, so it stays silent in the real run (its ANN output is 0)."""
+
+    class Lone(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1 = nn.Linear(2, 1, bias=False)
+            self.relu = nn.ReLU()
+            self.fc2 = nn.Linear(1, 1, bias=False)
+
+        def forward(self, x):
+            return self.fc2(self.relu(self.fc1(x)))
+
+    lone = Lone()
+    with torch.no_grad():
+        lone.fc1.weight.copy_(torch.tensor([[1.0, 0.0]]))
+        lone.fc2.weight.fill_(1.0)
+    net = from_torch(lone, (2,), neuron={"activation": "qcfs", "levels": 2})
+    net.layers["relu"].clip_value.data.fill_(1.0)
+    events = torch.tensor([[[0.6, 0.0]], [[-0.6, 0.0]], [[0.6, 0.0]], [[-0.6, 0.0]]])
+    qcfs_snn = convert(net, "qcfs", time_steps=4)
+    with torch.no_grad():
+        assert float(qcfs_snn(events)) == pytest.approx(0.25)  # fires once, at t = 1
+    net = from_torch(lone, (2,), neuron={"activation": "qcfs", "levels": 2})
+    net.layers["relu"].clip_value.data.fill_(1.0)
+    srp_snn = convert(net, "srp", time_steps=4, presim_steps=2)
+    with torch.no_grad():
+        assert float(srp_snn(events)) == 0.0
+
+
+def test_presimulated_checkpoint_round_trip(tmp_path):
+    model, x = qcfs_case()
+    snn = convert(model, "srp", time_steps=4)
+    save_checkpoint(snn, tmp_path / "srp")
+    loaded, meta = load_checkpoint(tmp_path / "srp")
+    assert meta["architecture"]["name"] == "presimulated"
+    assert isinstance(loaded, PresimulatedNetwork) and loaded.method == "srp"
+    with torch.no_grad():
+        assert torch.equal(loaded(x[:8]), snn(x[:8]))
+
+
+# ---- OPI, data normalisation, LTB ---------------------------------------------------------------
+def tiny_set(n: int = 48) -> ImageDataset:
+    torch.manual_seed(5)
+    info = DatasetInfo("tiny", (1, 8, 8), 10, (0.0,), (1.0,))
+    return ImageDataset(torch.rand(n, 1, 8, 8), torch.randint(0, 10, (n,)), info)
+
+
+def relu_cnn():
+    torch.manual_seed(2)
+    return create_model("small_cnn", input_shape=(1, 8, 8)).eval()
+
+
+def test_opi_needs_clipped_activations_and_sets_half_potential():
+    with pytest.raises(ValueError, match="clipped activations"):
+        convert(relu_cnn(), "opi")
+    torch.manual_seed(2)
+    model = create_model(
+        "small_cnn", input_shape=(1, 8, 8), neuron={"activation": "clip", "clip_value": 3.0}
+    )
+    snn = convert(model, "opi", time_steps=4)
+    for _, n in snn.neurons():
+        assert float(n.threshold) == 3.0 and n.initial_potential_mode == "half"
+        assert n.reset == "subtract" and n.spike_amplitude == "threshold"
+
+
+def test_max_norm_and_percentile_thresholds_are_activation_statistics():
+    data = tiny_set()
+    outputs = {}
+    model = relu_cnn()
+    hooks = [
+        n.register_forward_hook(lambda m, a, out, name=name: outputs.setdefault(name, out))
+        for name, n in model.neurons()
+    ]
+    with torch.no_grad():
+        model(data.images)
+    for h in hooks:
+        h.remove()
+    snn = convert(model, "max-norm", data, batches_per_layer=1, batch_size=48)
+    for name, n in snn.neurons():
+        assert float(n.threshold) == pytest.approx(float(outputs[name].max()))
+        assert n.initial_potential_mode == "zero"
+    robust = convert(relu_cnn(), "percentile", data, batches_per_layer=1, batch_size=48)
+    for name, n in robust.neurons():
+        assert float(n.threshold) <= float(outputs[name].max())
+        expected = float(outputs[name].flatten().sort().values[int(0.999 * outputs[name].numel())])
+        assert float(n.threshold) == pytest.approx(expected, rel=1e-5)
+
+
+def test_local_threshold_balancing_update_by_hand():
+    model = relu_cnn()
+    x = tiny_set().images
+    currents = {}
+    hook = model.act1.register_forward_pre_hook(lambda m, a: currents.setdefault("z", a[0]))
+    with torch.no_grad():
+        model(x)
+    hook.remove()
+    z = currents["z"]
+    first = local_threshold_balancing(model, [x])["act1"]
+    assert torch.allclose(first, 2 * z.clamp_min(0).mean((0, 2, 3)), atol=1e-6)
+    second = local_threshold_balancing(model, [x, x])["act1"]
+    excess = (z - first.view(1, -1, 1, 1)).clamp_min(0).mean((0, 2, 3))
+    assert torch.allclose(second, first + 2 * excess, atol=1e-6)
+
+
+def test_tfc_per_channel_thresholds_and_delayed_readout():
+    data = tiny_set()
+    snn = convert(relu_cnn(), "tfc", data, time_steps=16, batches_per_layer=4, batch_size=16)
+    for _, n in snn.neurons():
+        assert n.per_channel and n.initial_potential_mode == "half"
+        assert bool((n.threshold > 0).all())
+    assert snn.readout_delay >= 0
+    assert readout_start(32, 5) == 5 and readout_start(6, 5) == 2 and readout_start(3, 5) == 0
+    snn_fixed = convert(relu_cnn(), "tfc", data, time_steps=12, batches_per_layer=4, delay=6)
+    outs = []
+    hook = snn_fixed.fc2.register_forward_hook(lambda m, a, out: outs.append(out.detach()))
+    with torch.no_grad():
+        y = snn_fixed(data.images[:4])
+    hook.remove()
+    # the hook saw the delay-weighted outputs: their plain mean is the mean over t >= 6
+    assert torch.allclose(y, outs[0].reshape(12, 4, -1).mean(0), atol=1e-6)
+    assert bool((outs[0].reshape(12, 4, -1)[:6] == 0).all())
+
+
+def test_accuracy_vs_time_equals_separate_runs():
+    data = load_dataset("digits", "test").take(40)
+    for recipe in ("qcfs", "cos"):
+        model, _ = qcfs_case()
+        snn = convert(model, recipe, time_steps=8)
+        curve = accuracy_vs_time(snn, data, [1, 3, 8])
+        for steps, value in curve.items():
+            set_time_steps(snn, steps)
+            with torch.no_grad():
+                acc = float((snn(data.images).argmax(1) == data.labels).float().mean())
+            assert value == pytest.approx(acc)
+
+
+def test_recipe_option_errors_are_value_errors():
+    with pytest.raises(ValueError, match="calibration data"):
+        convert(relu_cnn(), "tfc", None)
+    with pytest.raises(ValueError, match="recipe 'cos'"):
+        convert(qcfs_case()[0], "cos", presim=3)
