@@ -1,17 +1,48 @@
 """Training: one loop for ANN and SNN, robust objectives, robust SNN finetuning."""
 
-from robustsnn.train.finetune import robust_finetune
-from robustsnn.train.loop import TrainResult, evaluate_accuracy, fit, learning_rate
-from robustsnn.train.objectives import OBJECTIVES, Objective, make_objective, mart_loss
+from robustsnn.train.finetune import FINETUNE_LOSSES, robust_finetune
+from robustsnn.train.loop import (
+    LOG_FILE,
+    OPTIMIZERS,
+    SCHEDULES,
+    TrainCallbacks,
+    TrainResult,
+    evaluate_accuracy,
+    fit,
+    learning_rate,
+)
+from robustsnn.train.objectives import (
+    DEFAULT_BETA,
+    INNER_ATTACKS,
+    OBJECTIVES,
+    Objective,
+    make_objective,
+    mart_loss,
+    rfgsm_kl,
+    trades_kl,
+)
+from robustsnn.train.state import load_training_state, read_progress, save_training_state
 
 __all__ = [
+    "DEFAULT_BETA",
+    "FINETUNE_LOSSES",
+    "INNER_ATTACKS",
+    "LOG_FILE",
     "OBJECTIVES",
+    "OPTIMIZERS",
+    "SCHEDULES",
     "Objective",
+    "TrainCallbacks",
     "TrainResult",
     "evaluate_accuracy",
     "fit",
     "learning_rate",
+    "load_training_state",
     "make_objective",
     "mart_loss",
+    "read_progress",
+    "rfgsm_kl",
     "robust_finetune",
+    "save_training_state",
+    "trades_kl",
 ]
