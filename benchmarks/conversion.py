@@ -40,14 +40,14 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
     "cos": ("qcfs", {"presim_steps": 4}),
     "srp": ("qcfs", {"presim_steps": 4}),
     "opi": ("clip", {}),
-    "tfc": ("relu", {"batches_per_layer": 256}),
-    "max-norm": ("relu", {"batches_per_layer": 4}),
-    "percentile": ("relu", {"batches_per_layer": 4, "percentile": 99.9}),
+    "tfc": ("relu", {"batches": 256}),
+    "max-norm": ("relu", {"batches": 4}),
+    "percentile": ("relu", {"batches": 4, "percentile": 99.9}),
     "threshold-balancing": (
         "relu",
         {
             "time_steps_calibration": 32,
-            "batches_per_layer": 2,
+            "batches": 2,
             "trainable": False,
             "bn_recalibration_batches": 8,
         },
@@ -183,7 +183,7 @@ def main() -> int:
                 "accuracy": {str(t): a for t, a in accuracy.items()},
                 "seconds": round(time.perf_counter() - t0, 1),
             }
-            delay = getattr(getattr(snn, "net", snn), "readout_delay", 0)
+            delay = getattr(snn, "readout_delay", 0)
             if delay:
                 row["readout_delay"] = delay
             block["recipes"][recipe] = row

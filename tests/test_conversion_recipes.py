@@ -7,22 +7,24 @@ import torch
 from torch import nn
 
 from robustsnn.convert import (
-    PresimulatedNetwork,
     accuracy_vs_time,
+    conversion_metadata,
     convert,
     from_torch,
     latency_offset,
     list_recipes,
 )
-from robustsnn.convert.from_torch import readout_start
+from robustsnn.convert.from_torch import load_converted, readout_start
 from robustsnn.convert.low_latency import (
     local_threshold_balancing,
     offset_spike_potential,
+    presimulation,
+    remove_presimulation,
     residual_potential_mask,
 )
 from robustsnn.data import load_dataset
 from robustsnn.data.dataset import DatasetInfo, ImageDataset
-from robustsnn.io import load_checkpoint, save_checkpoint
+from robustsnn.io import save_checkpoint
 from robustsnn.models import create_model
 from robustsnn.snn import set_time_steps
 
@@ -143,7 +145,7 @@ def test_cos_and_srp_never_worse_than_qcfs(recipe):
 def test_presimulation_is_per_sample_restores_neurons_and_passes_gradients():
     model, x = qcfs_case()
     snn = convert(model, "cos", time_steps=4, presim_steps=3)
-    assert isinstance(snn, PresimulatedNetwork)
+    assert snn is model and presimulation(snn).method == "cos"
     assert latency_offset(snn) == 3
     with torch.no_grad():
         batch = snn(x[:6])
@@ -153,7 +155,12 @@ def test_presimulation_is_per_sample_restores_neurons_and_passes_gradients():
     assert all(n.initial_potential is None for _, n in snn.neurons())
     xg = x[:4].clone().requires_grad_(True)
     snn(xg).sum().backward()
-    assert xg.grad is not None and xg.grad.abs().sum() > 0
+    assert xg.grad is not None and torch.isfinite(xg.grad).all() and xg.grad.abs().sum() > 0
+    remove_presimulation(snn)
+    assert presimulation(snn) is None and latency_offset(snn) == 0
+    with torch.no_grad():
+        plain = snn(x[:6])
+    assert not torch.allclose(plain, batch)
 
 
 def test_srp_silences_a_neuron_with_non_positive_residual():
@@ -187,13 +194,14 @@ def test_srp_silences_a_neuron_with_non_positive_residual():
         assert float(srp_snn(events)) == 0.0
 
 
-def test_presimulated_checkpoint_round_trip(tmp_path):
+@pytest.mark.parametrize("recipe", ["cos", "srp"])
+def test_presimulated_checkpoint_round_trip(tmp_path, recipe):
     model, x = qcfs_case()
-    snn = convert(model, "srp", time_steps=4)
-    save_checkpoint(snn, tmp_path / "srp")
-    loaded, meta = load_checkpoint(tmp_path / "srp")
-    assert meta["architecture"]["name"] == "presimulated"
-    assert isinstance(loaded, PresimulatedNetwork) and loaded.method == "srp"
+    snn = convert(model, recipe, time_steps=4, presim_steps=2)
+    save_checkpoint(snn, tmp_path / "snn", conversion_metadata(snn))
+    loaded, meta = load_converted(tmp_path / "snn")
+    assert meta["presimulation"]["method"] == recipe
+    assert presimulation(loaded).settings() == presimulation(snn).settings()
     with torch.no_grad():
         assert torch.equal(loaded(x[:8]), snn(x[:8]))
 
@@ -235,11 +243,11 @@ def test_max_norm_and_percentile_thresholds_are_activation_statistics():
         model(data.images)
     for h in hooks:
         h.remove()
-    snn = convert(model, "max-norm", data, batches_per_layer=1, batch_size=48)
+    snn = convert(model, "max-norm", data, batches=1, batch_size=48)
     for name, n in snn.neurons():
         assert float(n.threshold) == pytest.approx(float(outputs[name].max()))
         assert n.initial_potential_mode == "zero"
-    robust = convert(relu_cnn(), "percentile", data, batches_per_layer=1, batch_size=48)
+    robust = convert(relu_cnn(), "percentile", data, batches=1, batch_size=48)
     for name, n in robust.neurons():
         assert float(n.threshold) <= float(outputs[name].max())
         expected = float(outputs[name].flatten().sort().values[int(0.999 * outputs[name].numel())])
@@ -264,13 +272,13 @@ def test_local_threshold_balancing_update_by_hand():
 
 def test_tfc_per_channel_thresholds_and_delayed_readout():
     data = tiny_set()
-    snn = convert(relu_cnn(), "tfc", data, time_steps=16, batches_per_layer=4, batch_size=16)
+    snn = convert(relu_cnn(), "tfc", data, time_steps=16, batches=4, batch_size=16)
     for _, n in snn.neurons():
         assert n.per_channel and n.initial_potential_mode == "half"
         assert bool((n.threshold > 0).all())
     assert snn.readout_delay >= 0
     assert readout_start(32, 5) == 5 and readout_start(6, 5) == 2 and readout_start(3, 5) == 0
-    snn_fixed = convert(relu_cnn(), "tfc", data, time_steps=12, batches_per_layer=4, delay=6)
+    snn_fixed = convert(relu_cnn(), "tfc", data, time_steps=12, batches=4, delay=6)
     outs = []
     hook = snn_fixed.fc2.register_forward_hook(lambda m, a, out: outs.append(out.detach()))
     with torch.no_grad():

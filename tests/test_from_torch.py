@@ -176,7 +176,7 @@ def test_resnet_block_with_reused_relu_matches_ann_at_large_t(tmp_path):
         ann_accuracy = float((model(test.images).argmax(1) == test.labels).float().mean())
     assert ann_accuracy > 0.85
     net = from_torch(model, (1, 8, 8))
-    snn = convert(net, "tfc", train, time_steps=128, batches_per_layer=256)
+    snn = convert(net, "tfc", train, time_steps=128, batches=256)
     accuracy = accuracy_vs_time(snn, test, [128])[128]
     assert abs(accuracy - ann_accuracy) <= 0.005
 

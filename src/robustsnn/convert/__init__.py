@@ -2,13 +2,17 @@
 
 from robustsnn.convert.from_torch import GraphNetwork, convert_checkpoint, from_torch
 from robustsnn.convert.low_latency import (
-    PresimulatedNetwork,
+    Presimulation,
     accuracy_vs_time,
+    apply_conversion_metadata,
+    conversion_metadata,
     cos,
     latency_offset,
     max_norm,
     opi,
     percentile_norm,
+    presimulate,
+    remove_presimulation,
     set_readout_delay,
     srp,
     tfc,
@@ -26,9 +30,11 @@ from robustsnn.convert.recipes import (
 
 __all__ = [
     "GraphNetwork",
-    "PresimulatedNetwork",
+    "Presimulation",
     "accuracy_vs_time",
+    "apply_conversion_metadata",
     "batch_statistics_bn",
+    "conversion_metadata",
     "convert",
     "convert_checkpoint",
     "cos",
@@ -38,9 +44,11 @@ __all__ = [
     "max_norm",
     "opi",
     "percentile_norm",
+    "presimulate",
     "qcfs",
     "recalibrate_bn",
     "register_recipe",
+    "remove_presimulation",
     "reset_bn_statistics",
     "set_readout_delay",
     "srp",

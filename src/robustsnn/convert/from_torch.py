@@ -87,7 +87,7 @@ class GraphNetwork(SpikingNetwork):
 
     Args:
         spec: ``{"nodes": [{"name", "op", "args", "inputs"}, ...], "output": name}``; the input
-            image is called ``input``.
+            image is called ``input``. None: :func:`example_spec` (a tiny residual CNN).
         input_shape: shape of one sample.
         num_classes: number of outputs.
         neuron: settings passed to every :class:`Neuron`.
@@ -98,14 +98,16 @@ class GraphNetwork(SpikingNetwork):
 
     def __init__(
         self,
-        spec: dict[str, Any],
-        input_shape: Sequence[int],
-        num_classes: int,
+        spec: dict[str, Any] | None = None,
+        input_shape: Sequence[int] = (1, 28, 28),
+        num_classes: int = 10,
         neuron: dict[str, Any] | None = None,
         readout_delay: int = 0,
         encoding: str = "direct",
     ) -> None:
         super().__init__(tuple(input_shape), num_classes, encoding=encoding)
+        if spec is None:
+            spec = example_spec(self.input_shape, self.num_classes)
         _check_spec(spec)
         self.spec = copy.deepcopy(spec)
         self.readout_delay = int(readout_delay)
@@ -149,6 +151,50 @@ class GraphNetwork(SpikingNetwork):
         return (seq * weights.view(-1, *([1] * (seq.dim() - 1)))).reshape(out.shape)
 
 
+def example_spec(input_shape: Sequence[int], num_classes: int, width: int = 8) -> dict[str, Any]:
+    """A tiny residual CNN as a spec: conv-BN-neuron, conv-BN + shortcut, neuron, pool, fc."""
+    channels = int(input_shape[0])
+
+    def conv(name: str, c_in: int, inputs: list[str]) -> dict[str, Any]:
+        args = {"in_channels": c_in, "out_channels": width, "kernel_size": 3, "padding": 1}
+        return {"name": name, "op": "conv2d", "args": args | {"bias": False}, "inputs": inputs}
+
+    def bn(name: str, inputs: list[str]) -> dict[str, Any]:
+        return {
+            "name": name,
+            "op": "batchnorm2d",
+            "args": {"num_features": width},
+            "inputs": inputs,
+        }
+
+    def neuron(name: str, inputs: list[str]) -> dict[str, Any]:
+        return {"name": name, "op": "neuron", "args": {"channels": width}, "inputs": inputs}
+
+    nodes = [
+        conv("conv1", channels, ["input"]),
+        bn("bn1", ["conv1"]),
+        neuron("relu1", ["bn1"]),
+        conv("conv2", width, ["relu1"]),
+        bn("bn2", ["conv2"]),
+        {"name": "add", "op": "add", "args": {}, "inputs": ["bn2", "relu1"]},
+        neuron("relu2", ["add"]),
+        {
+            "name": "pool",
+            "op": "adaptive_avgpool2d",
+            "args": {"output_size": 1},
+            "inputs": ["relu2"],
+        },
+        {"name": "flatten", "op": "flatten", "args": {"start_dim": 1}, "inputs": ["pool"]},
+        {
+            "name": "fc",
+            "op": "linear",
+            "args": {"in_features": width, "out_features": int(num_classes), "bias": True},
+            "inputs": ["flatten"],
+        },
+    ]
+    return {"nodes": nodes, "output": "fc"}
+
+
 def readout_start(steps: int, delay: int) -> int:
     """First step of the delayed readout window at T = ``steps``: ``delay``, or the last 4."""
     if delay <= 0:
@@ -160,7 +206,7 @@ def readout_start(steps: int, delay: int) -> int:
 
 @register_model
 def graph_network(**kwargs: Any) -> GraphNetwork:
-    """A converted user model (from_torch): layers listed in a JSON spec."""
+    """A network given as a JSON spec of layers (what from_torch builds; default: an example)."""
     return GraphNetwork(**kwargs)
 
 
@@ -510,7 +556,11 @@ def convert_checkpoint(
     with the accuracy after each T of ``time_steps`` on the test split (first ``eval_size``
     images, or all). ``options`` go to the recipe.
     """
-    from robustsnn.convert.low_latency import accuracy_vs_time, latency_offset
+    from robustsnn.convert.low_latency import (
+        accuracy_vs_time,
+        conversion_metadata,
+        latency_offset,
+    )
     from robustsnn.convert.recipes import convert
     from robustsnn.data import load_dataset
     from robustsnn.io import load_checkpoint, save_checkpoint
@@ -532,10 +582,8 @@ def convert_checkpoint(
         "source_checkpoint": str(path),
         "latency_offset": offset,
         "metrics": {"accuracy_vs_T": {str(t): a for t, a in accuracy.items()}},
+        **conversion_metadata(snn),
     }
-    delay = getattr(snn, "readout_delay", 0)
-    if delay:
-        metadata["readout_delay"] = delay
     saved = save_checkpoint(snn, out, metadata)
     return {
         "recipe": recipe,
@@ -544,3 +592,13 @@ def convert_checkpoint(
         "checkpoint": str(saved),
         "source_metadata": {k: meta.get(k) for k in ("architecture", "time_steps")},
     }
+
+
+def load_converted(path: str | Path, device: str | torch.device = "cpu"):
+    """``load_checkpoint`` plus the conversion settings kept in the metadata (COS/SRP
+    pre-simulation, readout delay): the SNN behaves exactly as when it was saved."""
+    from robustsnn.convert.low_latency import apply_conversion_metadata
+    from robustsnn.io import load_checkpoint
+
+    model, meta = load_checkpoint(path, device)
+    return apply_conversion_metadata(model, meta), meta

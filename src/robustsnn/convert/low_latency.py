@@ -20,9 +20,9 @@ amplitude θ, so a layer's spike rate times θ approximates its ANN activation.
 * ``max-norm`` / ``percentile`` (Diehl 2015; Rueckauer 2017): per-layer θ = the maximum (or the
   p-th percentile) of the layer's ANN activations on calibration data; v0 = 0.
 
-COS and SRP calibrate per input at inference time, under ``no_grad``: gradients of the real
-run treat the calibrated potentials as constants (a BPDA-style attack surface; evaluate them
-with that in mind).
+COS and SRP calibrate per input at inference time, under ``no_grad``, through forward hooks
+on the model (:class:`Presimulation`): gradients of the real run treat the calibrated
+potentials as constants (a BPDA-style attack surface; evaluate them with that in mind).
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from torch import nn
 
 from robustsnn.convert.from_torch import GraphNetwork, readout_start
 from robustsnn.convert.recipes import layer_input, qcfs, register_recipe
-from robustsnn.data.dataset import ImageDataset, batches
-from robustsnn.models.registry import create_model, register_model
+from robustsnn.data.dataset import ImageDataset
+from robustsnn.data.dataset import batches as iterate_batches
 from robustsnn.snn.network import SpikingNetwork, named_neurons, set_time_steps, using_time_steps
 from robustsnn.snn.neuron import Neuron
 
@@ -92,7 +92,9 @@ def _calibration_batches(
     data = []
     epoch = 0
     while len(data) < count:
-        for x, _ in batches(calibration_set, batch_size, shuffle=True, seed=seed, epoch=epoch):
+        for x, _ in iterate_batches(
+            calibration_set, batch_size, shuffle=True, seed=seed, epoch=epoch
+        ):
             data.append(x)
             if len(data) == count:
                 break
@@ -132,7 +134,7 @@ def _data_normalisation(
     calibration_set: ImageDataset | None,
     percentile: float,
     time_steps: int,
-    batches_per_layer: int,
+    batches: int,
     batch_size: int,
     threshold_min: float,
     seed: int,
@@ -140,7 +142,7 @@ def _data_normalisation(
 ) -> nn.Module:
     if not 0 < percentile <= 100:
         raise ValueError(f"percentile must be in (0, 100], got {percentile}")
-    data = _calibration_batches(calibration_set, batches_per_layer, batch_size, seed, recipe)
+    data = _calibration_batches(calibration_set, batches, batch_size, seed, recipe)
     activations = _ann_activations(model, data)
     for name, n in _neurons(model):
         if name not in activations:
@@ -157,7 +159,7 @@ def max_norm(
     calibration_set: ImageDataset | None = None,
     *,
     time_steps: int = 32,
-    batches_per_layer: int = 4,
+    batches: int = 4,
     batch_size: int = 64,
     threshold_min: float = 1e-3,
     seed: int = 0,
@@ -168,7 +170,7 @@ def max_norm(
         calibration_set,
         100.0,
         time_steps,
-        batches_per_layer,
+        batches,
         batch_size,
         threshold_min,
         seed,
@@ -182,7 +184,7 @@ def percentile_norm(
     *,
     time_steps: int = 32,
     percentile: float = 99.9,
-    batches_per_layer: int = 4,
+    batches: int = 4,
     batch_size: int = 64,
     threshold_min: float = 1e-3,
     seed: int = 0,
@@ -193,7 +195,7 @@ def percentile_norm(
         calibration_set,
         percentile,
         time_steps,
-        batches_per_layer,
+        batches,
         batch_size,
         threshold_min,
         seed,
@@ -288,14 +290,14 @@ def tfc(
     calibration_set: ImageDataset | None = None,
     *,
     time_steps: int = 32,
-    batches_per_layer: int = 256,
+    batches: int = 256,
     batch_size: int = 64,
     delay: bool | int = True,
     seed: int = 0,
 ) -> nn.Module:
     """Training-free conversion: per-channel LTB thresholds, v0 = θ/2, delayed readout.
 
-    ``batches_per_layer`` calibration batches balance the thresholds (one ANN forward pass
+    ``batches`` calibration batches balance the thresholds (one ANN forward pass
     each, cycling over ``calibration_set``; the paper uses 1000 batches of 100 on ImageNet,
     fewer leave the thresholds low and the clipping error high);
     one more estimates the readout delay (``delay=True``), or ``delay`` gives it in steps
@@ -305,7 +307,7 @@ def tfc(
     for name, n in neurons:
         if not n.channels:
             raise ValueError(f"tfc needs per-channel thresholds; neuron '{name}' has no channels")
-    data = _calibration_batches(calibration_set, batches_per_layer + 1, batch_size, seed, "tfc")
+    data = _calibration_batches(calibration_set, batches + 1, batch_size, seed, "tfc")
     thresholds = local_threshold_balancing(model, data[:-1])
     for name, n in neurons:
         if thresholds[name].numel() != n.channels:
@@ -331,26 +333,25 @@ def set_readout_delay(model: nn.Module, delay: int) -> None:
     """
     if delay < 0:
         raise ValueError(f"the readout delay must be >= 0, got {delay}")
-    target = model.net if isinstance(model, PresimulatedNetwork) else model
-    target.readout_delay = int(delay)
-    if isinstance(target, GraphNetwork):
-        arch = getattr(target, "_architecture", None)
+    model.readout_delay = int(delay)
+    if isinstance(model, GraphNetwork):
+        arch = getattr(model, "_architecture", None)
         if arch is not None:
             arch["kwargs"]["readout_delay"] = int(delay)
         return
-    old = getattr(target, "_readout_delay_hook", None)
+    old = getattr(model, "_readout_delay_hook", None)
     if old is not None:
         old.remove()
-        target._readout_delay_hook = None
+        model._readout_delay_hook = None
     if delay == 0:
         return
-    readout = [m for m in target.modules() if isinstance(m, nn.Linear)]
+    readout = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not readout:
         raise ValueError("a readout delay needs a final nn.Linear layer")
 
     def hook(_module: nn.Module, _args: Any, out: torch.Tensor) -> torch.Tensor:
-        steps = target.time_steps
-        start = readout_start(steps, target.readout_delay) if steps else 0
+        steps = model.time_steps
+        start = readout_start(steps, model.readout_delay) if steps else 0
         if start == 0 or out.shape[0] % steps:
             return out
         seq = out.reshape(steps, -1, *out.shape[1:])
@@ -358,13 +359,12 @@ def set_readout_delay(model: nn.Module, delay: int) -> None:
         weights[start:] = steps / (steps - start)
         return (seq * weights.view(-1, *([1] * (seq.dim() - 1)))).reshape(out.shape)
 
-    target._readout_delay_hook = readout[-1].register_forward_hook(hook)
+    model._readout_delay_hook = readout[-1].register_forward_hook(hook)
 
 
 def readout_delay(model: nn.Module) -> int:
     """The model's readout delay in steps (0 when it reads out every step)."""
-    target = model.net if isinstance(model, PresimulatedNetwork) else model
-    return int(getattr(target, "readout_delay", 0) or 0)
+    return int(getattr(model, "readout_delay", 0) or 0)
 
 
 @contextlib.contextmanager
@@ -445,88 +445,91 @@ def _threshold_like(neuron: Neuron, sample: torch.Tensor) -> torch.Tensor:
     return theta
 
 
-class PresimulatedNetwork(SpikingNetwork):
-    """A converted network that calibrates its neurons on every input before running it.
+class Presimulation:
+    """COS or SRP calibration of a network's neurons on every input, as forward hooks.
+
+    Installed on a :class:`SpikingNetwork` by :func:`presimulate`: before each forward at
+    T > 0 it pre-simulates the input (under ``no_grad``) and gives every neuron a per-sample
+    initial potential; after the forward it restores each neuron's own setting. The model,
+    its parameters and its neuron names are unchanged, so it trains, attacks and saves as
+    before (the settings go into the checkpoint metadata: :func:`conversion_metadata`).
 
     Args:
-        net: the converted network (thresholds set, v0 = θ/2, reset by subtraction).
-        method: ``cos`` (offset-spike initial potentials, layer by layer) or ``srp``
-            (silence neurons whose residual potential after τ steps is ≤ 0).
-        presim_steps: ρ (COS) or τ (SRP) pre-simulation steps; total latency is this + T.
+        method: ``cos`` (offset-spike initial potentials, layer by layer on the already
+            calibrated layers) or ``srp`` (one τ-step run of the whole network, then neurons
+            whose residual potential is ≤ 0 are silenced).
+        presim_steps: ρ (COS) or τ (SRP); the total latency is this + T.
         shift: COS shift rule (``margin`` as in the authors' code, or ``unit``).
-
-    At T = 0 it is ``net``'s ANN. Each neuron's own initial-potential setting is restored
-    after every call, so the wrapped network is unchanged between calls.
     """
 
-    def __init__(
-        self, net: SpikingNetwork, method: str = "cos", presim_steps: int = 4, shift: str = "margin"
-    ) -> None:
+    def __init__(self, method: str = "cos", presim_steps: int = 4, shift: str = "margin") -> None:
         if method not in PRESIMULATIONS:
             raise ValueError(f"method must be one of {', '.join(PRESIMULATIONS)}; got {method!r}")
-        if presim_steps < 1:
-            raise ValueError(f"presim_steps must be >= 1, got {presim_steps}")
+        if isinstance(presim_steps, bool) or int(presim_steps) != presim_steps or presim_steps < 1:
+            raise ValueError(f"presim_steps must be an integer >= 1, got {presim_steps!r}")
         if shift not in COS_SHIFTS:
             raise ValueError(f"shift must be one of {', '.join(COS_SHIFTS)}; got {shift!r}")
-        super().__init__(net.input_shape, net.num_classes, net.time_steps, net.encoding)
-        self.net = net
         self.method = method
         self.presim_steps = int(presim_steps)
         self.shift = shift
-        arch = net.architecture()
-        if arch:
-            self._architecture = {
-                "name": "presimulated",
-                "kwargs": {
-                    "base": arch,
-                    "method": method,
-                    "presim_steps": self.presim_steps,
-                    "shift": shift,
-                },
-            }
+        self._active = False
+        self._saved: list[tuple[Neuron, str, torch.Tensor | None]] = []
 
-    @property
-    def latency_offset(self) -> int:
-        return self.presim_steps
+    def settings(self) -> dict[str, Any]:
+        return {"method": self.method, "presim_steps": self.presim_steps, "shift": self.shift}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.time_steps == 0:
-            return self.net(x)
-        neurons = [n for _, n in named_neurons(self.net)]
-        saved = [(n, n.initial_potential_mode, n.initial_potential) for n in neurons]
+    def before(self, model: SpikingNetwork, args: tuple[torch.Tensor, ...]) -> None:
+        if model.time_steps == 0 or self._active:
+            return
+        x = args[0]
+        neurons = [n for _, n in named_neurons(model)]
+        self._saved = [(n, n.initial_potential_mode, n.initial_potential) for n in neurons]
+        self._active = True
         try:
+            events = x.dim() == len(model.input_shape) + 2
+            presim = x[: self.presim_steps] if events else x
             with torch.no_grad():
-                presim = x[: self.presim_steps] if x.dim() == len(self.input_shape) + 2 else x
                 if self.method == "cos":
-                    self._offset_spikes(presim, neurons)
+                    self._offset_spikes(model, presim, neurons, x.shape[1] if events else len(x))
                 else:
-                    self._residual_mask(presim, neurons)
-            return self.net(x)
+                    self._residual_mask(model, presim, neurons)
+        except BaseException:
+            self._restore()
+            raise
         finally:
-            for n, mode, value in saved:
-                n.initial_potential = value
-                n.initial_potential_mode = mode
+            self._active = False
 
-    def _offset_spikes(self, x: torch.Tensor, neurons: list[Neuron]) -> None:
+    def after(self, model: SpikingNetwork, args: Any, output: Any) -> None:
+        if not self._active:
+            self._restore()
+
+    def _restore(self) -> None:
+        for n, mode, value in self._saved:
+            n.initial_potential = value
+            n.initial_potential_mode = mode
+        self._saved = []
+
+    def _offset_spikes(
+        self, model: SpikingNetwork, x: torch.Tensor, neurons: list[Neuron], batch: int
+    ) -> None:
         """Calibrate neuron by neuron, each on the already calibrated layers before it."""
-        batch = x.shape[1] if x.dim() == len(self.input_shape) + 2 else x.shape[0]
-        with using_time_steps(self.net, self.presim_steps):
+        with using_time_steps(model, self.presim_steps):
             for neuron in neurons:
                 neuron.configure(initial_potential="half")
-                current = layer_input(self.net, neuron, x)
+                current = layer_input(model, neuron, x)
                 seq = _input_sequence(current, self.presim_steps, batch)
                 theta = _threshold_like(neuron, seq[0])
                 v0 = offset_spike_potential(seq, theta, self.shift, neuron.strict_firing)
                 neuron.set_initial_potential(v0)
 
-    def _residual_mask(self, x: torch.Tensor, neurons: list[Neuron]) -> None:
+    def _residual_mask(self, model: SpikingNetwork, x: torch.Tensor, neurons: list[Neuron]) -> None:
         """One τ-step run of the whole network; silence neurons with residual ≤ 0."""
         for n in neurons:
             n.configure(initial_potential="half")
             n.record_potential = True
         try:
-            with using_time_steps(self.net, self.presim_steps):
-                self.net(x)
+            with using_time_steps(model, self.presim_steps):
+                model(x)
             finals = [n.final_potential for n in neurons]
         finally:
             for n in neurons:
@@ -539,13 +542,40 @@ class PresimulatedNetwork(SpikingNetwork):
             n.set_initial_potential(v0)
 
 
-@register_model
-def presimulated(
-    base: dict[str, Any], method: str = "cos", presim_steps: int = 4, shift: str = "margin"
-) -> PresimulatedNetwork:
-    """A converted network calibrated per input by COS or SRP pre-simulation."""
-    net = create_model(base["name"], **dict(base.get("kwargs") or {}))
-    return PresimulatedNetwork(net, method, presim_steps, shift)
+def _hooks_of(model: nn.Module) -> list[tuple[dict, int, Presimulation]]:
+    found = []
+    for hooks in (model._forward_pre_hooks, model._forward_hooks):
+        for key, fn in hooks.items():
+            owner = getattr(fn, "__self__", None)
+            if isinstance(owner, Presimulation):
+                found.append((hooks, key, owner))
+    return found
+
+
+def presimulation(model: nn.Module) -> Presimulation | None:
+    """The COS/SRP calibration installed on ``model`` (None if there is none)."""
+    found = _hooks_of(model)
+    return found[0][2] if found else None
+
+
+def remove_presimulation(model: nn.Module) -> None:
+    """Take COS/SRP calibration off ``model``."""
+    for hooks, key, _ in _hooks_of(model):
+        hooks.pop(key, None)
+        getattr(model, "_forward_hooks_always_called", {}).pop(key, None)
+
+
+def presimulate(
+    model: nn.Module, method: str = "cos", presim_steps: int = 4, shift: str = "margin"
+) -> nn.Module:
+    """Install COS or SRP calibration on ``model`` (replacing any installed before)."""
+    if not isinstance(model, SpikingNetwork):
+        raise ValueError(f"{method} needs a SpikingNetwork (a zoo model or from_torch's result)")
+    calibration = Presimulation(method, presim_steps, shift)
+    remove_presimulation(model)
+    model.register_forward_pre_hook(calibration.before)
+    model.register_forward_hook(calibration.after, always_call=True)
+    return model
 
 
 def _qcfs_or_keep(model: nn.Module, base: str | None, time_steps: int) -> nn.Module:
@@ -558,18 +588,9 @@ def _qcfs_or_keep(model: nn.Module, base: str | None, time_steps: int) -> nn.Mod
                     f"neuron '{name}' is not converted for pre-simulation (needs v0 = θ/2 and "
                     "reset by subtraction): convert with qcfs, opi or tfc first, or base='qcfs'"
                 )
+        set_time_steps(model, time_steps)
         return model
     raise ValueError(f"base must be 'qcfs' or None (keep the current conversion), got {base!r}")
-
-
-def _wrap(model: nn.Module, method: str, presim_steps: int, shift: str, time_steps: int):
-    if not isinstance(model, SpikingNetwork):
-        raise ValueError(f"{method} needs a SpikingNetwork (a zoo model or from_torch's result)")
-    if isinstance(model, PresimulatedNetwork):
-        raise ValueError("the model is already calibrated by pre-simulation")
-    wrapped = PresimulatedNetwork(model, method, presim_steps, shift)
-    set_time_steps(wrapped, time_steps)
-    return wrapped.eval()
 
 
 def cos(
@@ -580,10 +601,11 @@ def cos(
     presim_steps: int = 4,
     shift: str = "margin",
     base: str | None = "qcfs",
-) -> PresimulatedNetwork:
+) -> nn.Module:
     """COS: QCFS conversion (``base``) + per-sample offset-spike calibration with ρ steps."""
+    Presimulation("cos", presim_steps, shift)  # validate before changing the model
     model = _qcfs_or_keep(model, base, time_steps)
-    return _wrap(model, "cos", presim_steps, shift, time_steps)
+    return presimulate(model, "cos", presim_steps, shift).eval()
 
 
 def srp(
@@ -593,33 +615,63 @@ def srp(
     time_steps: int = 8,
     presim_steps: int = 4,
     base: str | None = "qcfs",
-) -> PresimulatedNetwork:
+) -> nn.Module:
     """SRP: QCFS conversion (``base``) + per-sample silencing after τ pre-simulation steps."""
+    Presimulation("srp", presim_steps)
     model = _qcfs_or_keep(model, base, time_steps)
-    return _wrap(model, "srp", presim_steps, "margin", time_steps)
+    return presimulate(model, "srp", presim_steps).eval()
 
 
 def latency_offset(model: nn.Module) -> int:
     """Extra steps a model spends before its T steps (ρ or τ for COS/SRP, else 0)."""
-    return model.presim_steps if isinstance(model, PresimulatedNetwork) else 0
+    calibration = presimulation(model)
+    return calibration.presim_steps if calibration is not None else 0
+
+
+def conversion_metadata(model: nn.Module) -> dict[str, Any]:
+    """What a checkpoint must record besides the weights: COS/SRP settings, readout delay.
+
+    Save it with ``save_checkpoint(model, path, conversion_metadata(model))`` and re-apply it
+    after ``load_checkpoint`` with :func:`apply_conversion_metadata`.
+    """
+    meta: dict[str, Any] = {}
+    calibration = presimulation(model)
+    if calibration is not None:
+        meta["presimulation"] = calibration.settings()
+    delay = readout_delay(model)
+    if delay:
+        meta["readout_delay"] = delay
+    return meta
+
+
+def apply_conversion_metadata(model: nn.Module, metadata: dict[str, Any]) -> nn.Module:
+    """Re-install what :func:`conversion_metadata` recorded (on a freshly loaded model)."""
+    settings = metadata.get("presimulation")
+    if settings is not None:
+        if not isinstance(settings, dict):
+            raise ValueError("'presimulation' metadata must be a dict of method/presim_steps")
+        presimulate(model, **settings)
+    delay = metadata.get("readout_delay")
+    if delay:
+        set_readout_delay(model, int(delay))
+    return model
 
 
 # ---- evaluation ---------------------------------------------------------------------------------
 @contextlib.contextmanager
 def _capture_body_output(model: nn.Module, sink: list[torch.Tensor]) -> Iterator[None]:
-    body = model.net if isinstance(model, PresimulatedNetwork) else model
-    original = body.forward_body
+    original = model.forward_body
 
     def capture(x: torch.Tensor) -> torch.Tensor:
         out = original(x)
         sink.append(out)
         return out
 
-    body.forward_body = capture
+    model.forward_body = capture
     try:
         yield
     finally:
-        del body.forward_body
+        del model.forward_body
 
 
 @torch.no_grad()
@@ -647,7 +699,7 @@ def accuracy_vs_time(
     sink: list[torch.Tensor] = []
     try:
         with _no_readout_delay(model), using_time_steps(model, horizon):
-            for x, y in batches(dataset, batch_size):
+            for x, y in iterate_batches(dataset, batch_size):
                 sink.clear()
                 with _capture_body_output(model, sink):
                     model(x)
