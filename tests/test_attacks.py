@@ -308,6 +308,9 @@ def test_adaptive_order_gives_the_fixed_worst_case_with_less_work(snn, digits):
         assert a.robust_accuracy == f.robust_accuracy < fixed.clean_accuracy
         assert a.order != f.order and sorted(a.order) == sorted(f.order)
         assert a.work["member_samples"] <= f.work["member_samples"]
+        # 4 paths x (FGSM 1 + PGD 5 + APGD 8 gradient steps) on 48 samples
+        assert f.work["naive_gradient_budget"] == 48 * 4 * (1 + 5 + 8)
+        assert f.work["naive_member_samples"] == 48 * 12
         assert f.members[0].alone == pytest.approx(f.members[0].cumulative)
 
 

@@ -38,11 +38,12 @@ import torch
 from torch import nn
 
 from robustsnn.attacks.core import eval_mode, margin_loss
-from robustsnn.attacks.members import Member, Outcome, clean_correct, run_member
+from robustsnn.attacks.members import Member, Outcome, clean_correct, model_device, run_member
 from robustsnn.attacks.pgd import fgsm
 from robustsnn.attacks.suite import Suite
 from robustsnn.attacks.victim import is_stochastic, time_steps, true_logits
 from robustsnn.io import atomic_write_json
+from robustsnn.snn.network import named_neurons
 
 FORMAT = "robustsnn-evaluation"
 VERSION = 1
@@ -120,6 +121,35 @@ class EvaluationResult:
         out["suite"] = self.suite.to_dict()
         return out
 
+    def summary(self) -> dict[str, Any]:
+        """Compact JSON-ready summary for reports (no per-sample lists).
+
+        ``robust[eps]`` holds ``worst_case_accuracy``, ``per_member`` (the cumulative
+        accuracy after each member, in the order run), ``members`` (every column of the
+        member table) and ``work``; ``diagnostics`` maps each check to its result.
+        """
+        robust = {}
+        for key, r in self.per_eps.items():
+            robust[key] = {
+                "eps": r.eps,
+                "worst_case_accuracy": r.robust_accuracy,
+                "worst_case_accuracy_mean": r.robust_accuracy_mean,
+                "per_member": {m.name: m.cumulative for m in r.members},
+                "members": [asdict(m) for m in r.members],
+                "order": list(r.order),
+                "work": dict(r.work),
+            }
+        return {
+            "suite": self.suite.name,
+            "samples": self.samples,
+            "stochastic": self.stochastic,
+            "clean_accuracy": self.clean_accuracy,
+            "clean_accuracy_mean": self.clean_accuracy_mean,
+            "robust": robust,
+            "diagnostics": dict(self.diagnostics),
+            "failed_diagnostics": self.failed_diagnostics(),
+        }
+
 
 # ---- the results file ----------------------------------------------------------------------
 def _fingerprint(*tensors: torch.Tensor) -> str:
@@ -130,10 +160,18 @@ def _fingerprint(*tensors: torch.Tensor) -> str:
 
 
 def model_fingerprint(model: nn.Module) -> str:
-    """A short hash of the model's state and mode (T, encoding)."""
+    """A short hash of the model's state and mode (T, encoding, Poisson seed, own paths)."""
     state = [t.float() for t in model.state_dict().values() if torch.is_tensor(t)]
-    mode = f"{time_steps(model)}:{getattr(model, 'encoding', '')}"
-    return f"{_fingerprint(*state)}:{mode}"
+    paths = sorted({str(n.gradient_path) for _, n in named_neurons(model)})
+    mode = ":".join(
+        [
+            str(time_steps(model)),
+            str(getattr(model, "encoding", "")),
+            str(getattr(model, "poisson_seed", "")),
+            ",".join(paths),
+        ]
+    )
+    return f"{_fingerprint(*state)}:{hashlib.sha256(mode.encode()).hexdigest()[:8]}"
 
 
 class ResultStore:
@@ -266,6 +304,7 @@ def evaluate(
     images, labels = images[:n].detach(), labels[:n].detach()
     spiking = time_steps(model) > 0
     members = suite.members(spiking)
+    _check_classes(model, images, suite)
     stochastic = is_stochastic(model)
     draws = suite.draws if stochastic else 1
     header = {
@@ -296,7 +335,7 @@ def evaluate(
     for eps in suite.eps:
         result.per_eps[eps_key(eps)] = _evaluate_eps(
             model, images, labels, suite, members, eps, correct, clean_p, store, sources,
-            draws, progress,
+            draws, stochastic, progress,
         )  # fmt: skip
     names = suite.diagnostic_names()
     if names:
@@ -306,6 +345,20 @@ def evaluate(
     store.data["summary"] = result.to_dict()
     store.save()
     return result
+
+
+def _check_classes(model: nn.Module, images: torch.Tensor, suite: Suite) -> None:
+    """Refuse DLR losses on too few classes before any work is done."""
+    if images.shape[0] == 0:
+        return
+    with eval_mode(model):
+        classes = true_logits(model, images[:1].to(model_device(model))).shape[1]
+    for attack, need in (("apgd-dlr", 3), ("apgd-t", 4)):
+        if attack in suite.attacks and classes < need:
+            raise ValueError(
+                f"{attack} needs at least {need} classes but the model has {classes}; "
+                "remove it from the suite's attacks"
+            )
 
 
 def _evaluate_eps(
@@ -320,6 +373,7 @@ def _evaluate_eps(
     store: ResultStore,
     sources: dict[str, nn.Module],
     draws: int,
+    stochastic: bool,
     progress: Progress | None,
 ) -> EpsResult:
     n = correct.numel()
@@ -408,10 +462,13 @@ def _evaluate_eps(
     ran = sum(r.ran for r in reports)
     screened = state["screening"].get("samples", 0) * len(state["screening"].get("scores", {}))
     naive = len(members) * n
+    cost = {m.name: m.cost_on(stochastic) for m in members}
+    gradients = sum(cost[r.name] * r.ran for r in reports)
+    naive_gradients = sum(cost.values()) * n
     return EpsResult(
         eps=eps,
         robust_accuracy=worst,
-        robust_accuracy_mean=float(kept_p.mean()) if draws > 1 and n else None,
+        robust_accuracy_mean=float(kept_p.mean()) if stochastic and n else None,
         members=reports,
         order=list(state["order"]),
         fooled_by=fooled_by,
@@ -420,8 +477,13 @@ def _evaluate_eps(
         screening=dict(state["screening"].get("scores", {})),
         work={
             "member_samples": ran,
-            "screening_samples": screened,
             "naive_member_samples": naive,
-            "fraction_of_naive": (ran + screened) / naive if naive else 0.0,
+            "fraction_of_naive": ran / naive if naive else 0.0,
+            "screening_samples": screened,
+            "gradient_budget": gradients + screened,
+            "naive_gradient_budget": naive_gradients,
+            "gradient_fraction_of_naive": (gradients + screened) / naive_gradients
+            if naive_gradients
+            else 0.0,
         },
     )

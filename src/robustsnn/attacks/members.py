@@ -77,11 +77,15 @@ class Member:
 
     @property
     def cost(self) -> int:
-        """Gradient evaluations (or queries) per sample, at most."""
+        """Gradient evaluations (or queries) per sample, at most, on a deterministic model."""
         if self.attack == "square":
-            return self.queries * self.eot
+            return self.queries
         steps = _COST.get(self.attack, self.steps * self.restarts)
-        return steps * self.eot * (self.targets if self.attack == "apgd-t" else 1)
+        return steps * (self.targets if self.attack == "apgd-t" else 1)
+
+    def cost_on(self, stochastic: bool) -> int:
+        """:attr:`cost`, times the EOT draws per step on a stochastic model."""
+        return self.cost * (self.eot if stochastic else 1)
 
     def craft(
         self,
