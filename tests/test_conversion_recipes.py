@@ -307,3 +307,30 @@ def test_recipe_option_errors_are_value_errors():
         convert(relu_cnn(), "tfc", None)
     with pytest.raises(ValueError, match="recipe 'cos'"):
         convert(qcfs_case()[0], "cos", presim=3)
+
+
+@pytest.mark.parametrize("recipe", ["qcfs", "cos", "srp", "opi", "tfc", "max-norm", "percentile"])
+def test_robust_finetuning_accepts_every_recipe(recipe):
+    from robustsnn.train import robust_finetune
+
+    data = tiny_set(16)
+    if recipe in ("qcfs", "cos", "srp"):
+        model = qcfs_case()[0]
+    elif recipe == "opi":
+        torch.manual_seed(2)
+        model = create_model(
+            "small_cnn", input_shape=(1, 8, 8), neuron={"activation": "clip", "clip_value": 2.0}
+        )
+    else:
+        model = relu_cnn()
+    options = {"batches": 2, "batch_size": 8} if recipe in ("tfc", "max-norm", "percentile") else {}
+    snn = convert(model, recipe, data, time_steps=2, **options)
+    before = [p.detach().clone() for p in snn.parameters()]
+    bn_before = snn.bn1.running_mean.clone()
+    robust_finetune(snn, data, epochs=1, batch_size=8, eps=0.05)
+    assert any(not torch.equal(a, p) for a, p in zip(before, snn.parameters(), strict=True))
+    assert all(torch.isfinite(p).all() for p in snn.parameters())
+    # two batches, each a clean and an adversarial forward in training mode: four BN
+    # updates, none from COS/SRP pre-simulation
+    assert not torch.equal(bn_before, snn.bn1.running_mean)
+    assert int(snn.bn1.num_batches_tracked) == 4

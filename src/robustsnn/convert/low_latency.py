@@ -30,13 +30,14 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 from torch import nn
 
 from robustsnn.convert.from_torch import GraphNetwork, readout_start
-from robustsnn.convert.recipes import layer_input, qcfs, register_recipe
+from robustsnn.convert.recipes import batch_statistics_bn, layer_input, qcfs, register_recipe
 from robustsnn.data.dataset import ImageDataset
 from robustsnn.data.dataset import batches as iterate_batches
 from robustsnn.snn.network import SpikingNetwork, named_neurons, set_time_steps, using_time_steps
@@ -488,7 +489,8 @@ class Presimulation:
         try:
             events = x.dim() == len(model.input_shape) + 2
             presim = x[: self.presim_steps] if events else x
-            with torch.no_grad():
+            keep_statistics = batch_statistics_bn(model) if model.training else nullcontext()
+            with torch.no_grad(), keep_statistics:
                 if self.method == "cos":
                     self._offset_spikes(model, presim, neurons, x.shape[1] if events else len(x))
                 else:
