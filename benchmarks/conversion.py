@@ -7,12 +7,16 @@ T = 32 (cumulative readout). COS and SRP spend ρ = τ extra steps first: their 
 ρ + T. Trained ANNs are cached in ``--runs``; the results go to JSON and a Markdown table.
 
     .venv/bin/python benchmarks/conversion.py [--epochs 4] [--levels 4] [--out PATH]
+
+The robust part (``--robust-eps``, 0 skips it) trains PGD-AT small CNNs (QCFS and ReLU) and
+reports clean and worst-case PGD accuracy after qcfs and threshold-balancing at T = 4, 8.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import platform
 import time
 from datetime import datetime, timezone
@@ -21,7 +25,7 @@ from typing import Any
 
 import torch
 
-import robustsnn.convert  # noqa: F401  (registers the recipes and wrapper models)
+from robustsnn.attacks import worst_case_accuracy
 from robustsnn.convert import accuracy_vs_time, convert, latency_offset
 from robustsnn.data import load_dataset
 from robustsnn.io import atomic_write_json, load_checkpoint, save_checkpoint
@@ -63,9 +67,13 @@ def neuron_settings(activation: str, levels: int) -> dict[str, Any]:
     return {"activation": "relu"}
 
 
-def trained_ann(arch: str, activation: str, args, train, test) -> tuple[Any, float]:
-    """Train (or load from the cache) one ANN; return it and its test accuracy."""
-    stem = args.runs / f"{arch}_{activation}_L{args.levels}_e{args.epochs}"
+def trained_ann(
+    arch: str, activation: str, args, train, test, robust_eps: float = 0.0
+) -> tuple[Any, float]:
+    """Train (or load from the cache) one ANN (PGD-AT if ``robust_eps``); return it and its
+    test accuracy."""
+    tag = f"_pgdat{robust_eps:g}" if robust_eps else ""
+    stem = args.runs / f"{arch}_{activation}_L{args.levels}_e{args.epochs}{tag}"
     if stem.with_suffix(".json").exists() and not args.force:
         model, meta = load_checkpoint(stem)
         return model, meta["metrics"]["test_accuracy"]
@@ -83,7 +91,9 @@ def trained_ann(arch: str, activation: str, args, train, test) -> tuple[Any, flo
     fit(
         model,
         train,
-        objective=make_objective("ce"),
+        objective=make_objective("pgd_at", eps=robust_eps, steps=5)
+        if robust_eps
+        else make_objective("ce"),
         epochs=args.epochs,
         batch_size=64,
         lr=args.lr,
@@ -129,6 +139,55 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
     return checks
 
 
+ROBUST_PATHS = "triangle:1.0,rect:1.0,ste,bptr,rga,ann"
+
+
+def robust_comparison(args, train, test, calibration) -> dict[str, Any]:
+    """PGD-AT small CNNs converted by qcfs (QCFS ANN) and threshold-balancing (ReLU ANN):
+    clean and worst-case PGD accuracy (over several gradient paths) at T = 4 and 8."""
+    eps = args.robust_eps
+    samples = test.take(args.robust_samples)
+    rows: dict[str, Any] = {}
+    for recipe, activation, options in (
+        ("qcfs", "qcfs", {}),
+        ("threshold-balancing", "relu", RECIPES["threshold-balancing"][1]),
+    ):
+        ann, ann_acc = trained_ann("small_cnn", activation, args, train, test, robust_eps=eps)
+        ann_attack = worst_case_accuracy(
+            ann, samples.images, samples.labels, eps=eps, paths=None, steps=10
+        )
+        rows[recipe] = {
+            "ann": activation,
+            "ann_clean_accuracy": ann_acc,
+            "ann_pgd_accuracy": ann_attack.robust_accuracy,
+        }
+        for steps in (4, 8):
+            snn = convert(copy.deepcopy(ann), recipe, calibration, time_steps=steps, **options)
+            result = worst_case_accuracy(
+                snn, samples.images, samples.labels, eps=eps, paths=ROBUST_PATHS, steps=10
+            )
+            clean = evaluate_accuracy(snn, test)
+            rows[recipe][f"T={steps}"] = {
+                "clean_accuracy": clean,
+                "clean_accuracy_attacked_subset": result.clean_accuracy,
+                "worst_case_pgd_accuracy": result.robust_accuracy,
+                "per_path": result.per_member,
+            }
+            print(
+                f"robust {recipe} T={steps}: clean {100 * clean:.2f} "
+                f"worst-case PGD {100 * result.robust_accuracy:.2f}",
+                flush=True,
+            )
+    return {
+        "eps": eps,
+        "attack": "PGD-10, step 2.5·eps/10, random start, per-sample worst case over paths",
+        "paths": ROBUST_PATHS,
+        "samples": len(samples),
+        "training": "PGD-AT (5 steps) at the same eps",
+        "results": rows,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=4)
@@ -142,6 +201,11 @@ def main() -> int:
     parser.add_argument("--runs", type=Path, default=Path("runs/bench_conversion"))
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "conversion.json")
     parser.add_argument("--force", action="store_true", help="retrain cached ANNs")
+    parser.add_argument("--robust-eps", type=float, default=0.1, help="0: skip the PGD part")
+    parser.add_argument("--robust-samples", type=int, default=200)
+    parser.add_argument(
+        "--robust-only", action="store_true", help="add the PGD part to an existing --out JSON"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.runs.mkdir(parents=True, exist_ok=True)
@@ -163,6 +227,12 @@ def main() -> int:
         "models": {},
     }
     start = time.perf_counter()
+    if args.robust_only:
+        results = json.loads(args.out.read_text())
+        results["robust"] = robust_comparison(args, train, test, calibration)
+        atomic_write_json(args.out, results)
+        print(markdown(results))
+        return 0
     for arch in args.models:
         anns: dict[str, Any] = {}
         block: dict[str, Any] = {"ann_accuracy": {}, "recipes": {}}
@@ -190,6 +260,8 @@ def main() -> int:
             cells = " ".join(f"{100 * a:.2f}" for a in accuracy.values())
             print(f"{arch} {recipe}: {cells} ({row['seconds']}s)", flush=True)
         results["models"][arch] = block
+    if args.robust_eps > 0:
+        results["robust"] = robust_comparison(args, train, test, calibration)
     results["wall_time_s"] = round(time.perf_counter() - start, 1)
     if set(args.recipes) >= {"qcfs", "cos", "srp", "tfc"}:
         results["targets"] = targets(results)

@@ -334,3 +334,26 @@ def test_robust_finetuning_accepts_every_recipe(recipe):
     # updates, none from COS/SRP pre-simulation
     assert not torch.equal(bn_before, snn.bn1.running_mean)
     assert int(snn.bn1.num_batches_tracked) == 4
+
+
+def test_readout_delay_survives_deepcopy_and_checkpoints(tmp_path):
+    import copy
+
+    data = tiny_set()
+    snn = convert(relu_cnn(), "tfc", data, time_steps=10, batches=4, delay=5)
+    x = data.images[:6]
+    twin = copy.deepcopy(snn)
+    set_time_steps(twin, 9)  # the copy's delay hooks must follow the copy's T
+    with torch.no_grad():
+        expected = snn(x)
+        assert torch.equal(twin(x), convert_at(snn, 9)(x))
+        set_time_steps(snn, 10)
+        save_checkpoint(snn, tmp_path / "tfc", conversion_metadata(snn))
+        loaded, meta = load_converted(tmp_path / "tfc")
+        assert meta["readout_delay"] == 5
+        assert torch.equal(loaded(x), expected)
+
+
+def convert_at(model, steps):
+    set_time_steps(model, steps)
+    return model

@@ -139,16 +139,9 @@ class GraphNetwork(SpikingNetwork):
 
     def _delayed(self, out: torch.Tensor) -> torch.Tensor:
         """Weight the time steps so that the mean over T is the mean over the readout window."""
-        steps = self.time_steps
-        if steps == 0 or self.readout_delay == 0 or out.shape[0] % steps:
+        if self.time_steps == 0 or self.readout_delay == 0:
             return out
-        start = readout_start(steps, self.readout_delay)
-        if start == 0:
-            return out
-        weights = torch.zeros(steps, dtype=out.dtype, device=out.device)
-        weights[start:] = steps / (steps - start)
-        seq = out.reshape(steps, -1, *out.shape[1:])
-        return (seq * weights.view(-1, *([1] * (seq.dim() - 1)))).reshape(out.shape)
+        return delay_weighted(out, self.time_steps, self.readout_delay)
 
 
 def example_spec(input_shape: Sequence[int], num_classes: int, width: int = 8) -> dict[str, Any]:
@@ -202,6 +195,17 @@ def readout_start(steps: int, delay: int) -> int:
     if steps < delay + 4:
         return max(0, steps - 4)
     return delay
+
+
+def delay_weighted(out: torch.Tensor, steps: int, delay: int) -> torch.Tensor:
+    """Time-folded ``out`` weighted so that its mean over T is the delayed-readout mean."""
+    start = readout_start(steps, delay) if steps else 0
+    if start == 0 or out.shape[0] % steps:
+        return out
+    seq = out.reshape(steps, -1, *out.shape[1:])
+    weights = torch.zeros(steps, dtype=out.dtype, device=out.device)
+    weights[start:] = steps / (steps - start)
+    return (seq * weights.view(-1, *([1] * (seq.dim() - 1)))).reshape(out.shape)
 
 
 @register_model

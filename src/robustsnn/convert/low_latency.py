@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustsnn.convert.from_torch import GraphNetwork, readout_start
+from robustsnn.convert.from_torch import GraphNetwork, delay_weighted, readout_start
 from robustsnn.convert.recipes import batch_statistics_bn, layer_input, qcfs, register_recipe
 from robustsnn.data.dataset import ImageDataset
 from robustsnn.data.dataset import batches as iterate_batches
@@ -325,42 +325,61 @@ def tfc(
     return model.eval()
 
 
+class DelayedReadout:
+    """Hooks that make a model's mean-over-T readout a mean over ``t ≥ delay``.
+
+    A forward pre-hook on the model records T; a forward hook on the readout layer weights
+    its time-folded output (0 before the window, ``T / window`` inside), so the model's own
+    mean over T becomes the mean over the window. Both hooks belong to this one object, so
+    ``copy.deepcopy`` of the model keeps them consistent.
+    """
+
+    def __init__(self, delay: int) -> None:
+        self.delay = int(delay)
+        self.steps = 0
+
+    def record(self, model: nn.Module, _args: Any) -> None:
+        self.steps = model.time_steps
+
+    def apply(self, _module: nn.Module, _args: Any, out: torch.Tensor) -> torch.Tensor:
+        return delay_weighted(out, self.steps, self.delay)
+
+
+def _remove_delay_hooks(model: nn.Module) -> None:
+    for module in model.modules():
+        for hooks in (module._forward_pre_hooks, module._forward_hooks):
+            for key in [
+                k
+                for k, fn in hooks.items()
+                if isinstance(getattr(fn, "__self__", None), DelayedReadout)
+            ]:
+                del hooks[key]
+
+
 def set_readout_delay(model: nn.Module, delay: int) -> None:
     """Average the output over steps ``t ≥ delay`` only (the last 4 if ``T < delay + 4``).
 
-    :class:`GraphNetwork` stores the delay in its architecture (so checkpoints keep it); for
-    zoo models a forward hook on the last ``nn.Linear`` applies it and the caller must save
-    ``readout_delay`` in the checkpoint metadata and call this again after loading.
+    :class:`GraphNetwork` stores the delay in its architecture (so checkpoints keep it); other
+    models get :class:`DelayedReadout` hooks (the last ``nn.Linear`` is the readout), which
+    checkpoints keep through :func:`conversion_metadata`.
     """
-    if delay < 0:
-        raise ValueError(f"the readout delay must be >= 0, got {delay}")
+    if isinstance(delay, bool) or int(delay) != delay or delay < 0:
+        raise ValueError(f"the readout delay must be an integer >= 0, got {delay!r}")
     model.readout_delay = int(delay)
     if isinstance(model, GraphNetwork):
         arch = getattr(model, "_architecture", None)
         if arch is not None:
             arch["kwargs"]["readout_delay"] = int(delay)
         return
-    old = getattr(model, "_readout_delay_hook", None)
-    if old is not None:
-        old.remove()
-        model._readout_delay_hook = None
+    _remove_delay_hooks(model)
     if delay == 0:
         return
     readout = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not readout:
         raise ValueError("a readout delay needs a final nn.Linear layer")
-
-    def hook(_module: nn.Module, _args: Any, out: torch.Tensor) -> torch.Tensor:
-        steps = model.time_steps
-        start = readout_start(steps, model.readout_delay) if steps else 0
-        if start == 0 or out.shape[0] % steps:
-            return out
-        seq = out.reshape(steps, -1, *out.shape[1:])
-        weights = torch.zeros(steps, dtype=out.dtype, device=out.device)
-        weights[start:] = steps / (steps - start)
-        return (seq * weights.view(-1, *([1] * (seq.dim() - 1)))).reshape(out.shape)
-
-    model._readout_delay_hook = readout[-1].register_forward_hook(hook)
+    hooks = DelayedReadout(delay)
+    model.register_forward_pre_hook(hooks.record)
+    readout[-1].register_forward_hook(hooks.apply)
 
 
 def readout_delay(model: nn.Module) -> int:
