@@ -1,8 +1,8 @@
 """Low-latency conversion recipes: OPI, COS, SRP, training-free LTB, max-norm and percentile.
 
-Every recipe converts a model of this toolkit in place (COS and SRP wrap it) and leaves it at
-``time_steps``; all neurons are integrate-and-fire with reset by subtraction and spikes of
-amplitude θ, so a layer's spike rate times θ approximates its ANN activation.
+Every recipe converts a model of this toolkit in place and leaves it at ``time_steps``; all
+neurons are integrate-and-fire with reset by subtraction and spikes of amplitude θ, so a
+layer's spike rate times θ approximates its ANN activation.
 
 * ``opi`` (Bu et al., AAAI 2022): a clipped (or QCFS) ANN, θ = λ and the optimal initial
   potential v0 = θ/2.
@@ -23,6 +23,9 @@ amplitude θ, so a layer's spike rate times θ approximates its ANN activation.
 COS and SRP calibrate per input at inference time, under ``no_grad``, through forward hooks
 on the model (:class:`Presimulation`): gradients of the real run treat the calibrated
 potentials as constants (a BPDA-style attack surface; evaluate them with that in mind).
+COS and SRP settings and a zoo model's readout delay live in hooks, not in the state dict:
+save them with ``save_checkpoint(model, path, conversion_metadata(model))`` and restore them
+with :func:`robustsnn.convert.from_torch.load_converted`.
 """
 
 from __future__ import annotations
