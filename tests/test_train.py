@@ -315,6 +315,10 @@ def test_resume_gives_bit_identical_weights(tmp_path):
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in resumed.history] == strip
     log = (tmp_path / "cut" / LOG_FILE).read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in log] == [0, 1]
+    # resuming a finished run trains nothing and restores the final weights
+    again, done = _resumable_run(tmp_path / "cut", resume=True, init_seed=5)
+    assert done.resumed_from == 2 and len(done.history) == 2
+    assert all(torch.equal(expected[k], v) for k, v in again.state_dict().items())
 
 
 def test_resume_refuses_other_settings_and_without_state_starts_fresh(tmp_path):

@@ -296,13 +296,14 @@ def threshold_balancing(
     """Threshold balancing as in the primary paper's code (research notes §3.3), in place.
 
     1. Every BN normalises with the current batch's statistics (running statistics dropped).
-    2. At T = ``time_steps_calibration`` with direct coding, in eval mode and without gradients,
-       each neuron in forward order gets θ = the maximum over ``batches`` shuffled batches of
-       ``batch_size`` training images (with ``augment``, fresh batches per layer, like
-       re-iterating the reference's loader) of the ``percentile`` of its input
-       (:func:`layer_percentile`), set before the next neuron is calibrated, so deeper layers see
-       the spikes of calibrated shallower ones. A θ below ``threshold_min / scale`` (a silent
-       layer) is raised to it, so the final θ is never below ``threshold_min``.
+    2. At T = ``time_steps_calibration`` with the model's input encoding (direct coding in the
+       paper), in eval mode and without gradients, each neuron in forward order gets θ = the
+       maximum over ``batches`` shuffled batches of ``batch_size`` training images (with
+       ``augment``, fresh batches per layer, like re-iterating the reference's loader) of the
+       ``percentile`` of its input (:func:`layer_percentile`), set before the next neuron is
+       calibrated, so deeper layers see the spikes of calibrated shallower ones. A θ below
+       ``threshold_min / scale`` (a silent layer) is raised to it, so the final θ is never
+       below ``threshold_min``.
     3. All θ are multiplied by ``scale`` and made trainable (clamped at ``threshold_min`` in the
        forward pass); neurons: IF, ``reset`` (hard, ``zero``), v0 = 0, unit spikes. A
        per-channel neuron gets the layer's value in every channel.

@@ -244,7 +244,7 @@ def fit(
     opt = make_optimizer(model, optimizer, lr, momentum, weight_decay)
     describe = getattr(objective, "describe", None)
     settings = {
-        "objective": describe() if callable(describe) else repr(objective),
+        "objective": describe() if callable(describe) else type(objective).__qualname__,
         "optimizer": optimizer,
         "lr": lr,
         "momentum": momentum,
