@@ -1,7 +1,9 @@
 """Accuracy vs T of every conversion recipe on mnist5k, for a small CNN and a residual network.
 
-Trains three ANNs per architecture briefly on CPU (QCFS with L levels for qcfs/cos/srp, a
-trainable clip for opi, ReLU for tfc/max-norm/percentile/threshold-balancing), converts each
+Trains three ANNs per architecture briefly on CPU (``small_cnn`` from the zoo; ``resnet_mini``,
+a torchvision-style residual CNN in plain torch with reused ReLU modules, via ``from_torch``):
+QCFS with L levels for qcfs/cos/srp, a trainable clip for opi, ReLU for tfc, max-norm,
+percentile and threshold-balancing. It converts each
 with its recipes and reads out the accuracy after T = 1, 2, 4, 8, 16, 32 from one run at
 T = 32 (cumulative readout). COS and SRP spend ρ = τ extra steps first: their latency is
 ρ + T. Trained ANNs are cached in ``--runs``; the results go to JSON and a Markdown table.
@@ -24,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from robustsnn.attacks import worst_case_accuracy
-from robustsnn.convert import accuracy_vs_time, convert, latency_offset
+from robustsnn.convert import accuracy_vs_time, convert, from_torch, latency_offset
 from robustsnn.data import load_dataset
 from robustsnn.io import atomic_write_json, load_checkpoint, save_checkpoint
 from robustsnn.models import create_model
@@ -36,8 +39,54 @@ ROOT = Path(__file__).resolve().parent
 TIME_STEPS = (1, 2, 4, 8, 16, 32)
 ARCHITECTURES = {
     "small_cnn": {"name": "small_cnn", "kwargs": {}},
-    "resnet20_narrow": {"name": "resnet20", "kwargs": {"widths": [8, 16, 32]}},
+    "resnet_mini": {"name": "plain torch (from_torch)", "kwargs": {}},
 }
+
+
+class BasicBlock(nn.Module):
+    """torchvision-style block in plain torch: one ReLU module used twice."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.downsample = None
+        if stride != 1 or c_in != c_out:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += identity
+        return self.relu(out)
+
+
+class MiniResNet(nn.Module):
+    """A user's residual CNN for 28x28 digits: stem, two basic blocks, pooling, linear."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU(inplace=True)
+        self.pool = nn.AvgPool2d(2)
+        self.layer1 = BasicBlock(16, 16)
+        self.layer2 = BasicBlock(16, 32, stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        x = self.pool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer2(self.layer1(x))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
 # recipe -> (ANN activation, recipe options)
 RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
     "qcfs": ("qcfs", {}),
@@ -79,15 +128,25 @@ def trained_ann(
         return model, meta["metrics"]["test_accuracy"]
     spec = ARCHITECTURES[arch]
     torch.manual_seed(args.seed)
-    model = create_model(
-        spec["name"],
-        input_shape=list(train.info.input_shape),
-        num_classes=train.info.num_classes,
-        mean=list(train.info.mean),
-        std=list(train.info.std),
-        neuron=neuron_settings(activation, args.levels),
-        **spec["kwargs"],
-    )
+    if arch == "resnet_mini":
+        model = from_torch(
+            MiniResNet(train.info.num_classes),
+            train.info.input_shape,
+            neuron=neuron_settings(activation, args.levels),
+            fold_bn=False,
+            mean=list(train.info.mean),
+            std=list(train.info.std),
+        )
+    else:
+        model = create_model(
+            spec["name"],
+            input_shape=list(train.info.input_shape),
+            num_classes=train.info.num_classes,
+            mean=list(train.info.mean),
+            std=list(train.info.std),
+            neuron=neuron_settings(activation, args.levels),
+            **spec["kwargs"],
+        )
     fit(
         model,
         train,
@@ -115,6 +174,25 @@ def markdown(results: dict[str, Any]) -> str:
             cells = " | ".join(f"{100 * row['accuracy'][str(t)]:.2f}" for t in TIME_STEPS)
             ann = 100 * block["ann_accuracy"][row["ann"]]
             lines.append(f"| {arch} | {recipe} | {ann:.2f} | {latency} | {cells} |")
+    return "\n".join(lines)
+
+
+def robust_markdown(robust: dict[str, Any]) -> str:
+    lines = [
+        f"PGD-AT small CNN, ε = {robust['eps']:g}, worst case over {robust['paths']} "
+        f"({robust['samples']} test images attacked)",
+        "",
+        "| recipe | ANN clean | ANN PGD | T=4 clean | T=4 PGD | T=8 clean | T=8 PGD |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for recipe, row in robust["results"].items():
+        cells = [row["ann_clean_accuracy"], row["ann_pgd_accuracy"]]
+        for steps in (4, 8):
+            cells += [
+                row[f"T={steps}"]["clean_accuracy"],
+                row[f"T={steps}"]["worst_case_pgd_accuracy"],
+            ]
+        lines.append(f"| {recipe} | " + " | ".join(f"{100 * c:.2f}" for c in cells) + " |")
     return "\n".join(lines)
 
 
@@ -232,6 +310,7 @@ def main() -> int:
         results["robust"] = robust_comparison(args, train, test, calibration)
         atomic_write_json(args.out, results)
         print(markdown(results))
+        print(robust_markdown(results["robust"]))
         return 0
     for arch in args.models:
         anns: dict[str, Any] = {}
@@ -273,6 +352,8 @@ def main() -> int:
     }
     atomic_write_json(args.out, results)
     print(markdown(results))
+    if "robust" in results:
+        print(robust_markdown(results["robust"]))
     if "targets" in results:
         print(results["targets"])
     return 0
