@@ -189,3 +189,22 @@ def test_resnet_block_with_reused_relu_matches_ann_at_large_t(tmp_path):
     set_time_steps(loaded, 8)
     with torch.no_grad():
         assert torch.equal(loaded(x), snn(x))
+
+
+def test_convert_checkpoint_writes_snn_and_accuracy_table(tmp_path):
+    from robustsnn.convert import convert_checkpoint
+    from robustsnn.convert.from_torch import load_converted
+    from robustsnn.models import create_model
+
+    torch.manual_seed(0)
+    ann = create_model("small_cnn", neuron={"activation": "qcfs", "levels": 4})
+    save_checkpoint(ann, tmp_path / "ann")
+    result = convert_checkpoint(
+        tmp_path / "ann", "cos", [2, 1], tmp_path / "snn", eval_size=20, calibration_size=32
+    )
+    assert set(result["accuracy"]) == {1, 2} and result["latency_offset"] == 4
+    snn, meta = load_converted(tmp_path / "snn")
+    assert meta["recipe"] == "cos" and meta["time_steps"] == 2
+    assert meta["presimulation"]["presim_steps"] == 4
+    with pytest.raises(ValueError, match="time steps"):
+        convert_checkpoint(tmp_path / "ann", "qcfs", [0], tmp_path / "bad")
