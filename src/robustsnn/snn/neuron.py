@@ -136,11 +136,14 @@ def _cumulative_std(membrane: torch.Tensor) -> torch.Tensor:
     """Per-channel std of all membrane potentials seen up to each step (PDSG).
 
     ``membrane`` is ``[T, B, C, ...]`` (or ``[T, B, F]``); the result broadcasts against
-    ``membrane[t]`` for every t. A zero spread is replaced by 1.
+    ``membrane[t]`` for every t. A zero spread is replaced by 1. The potentials are first
+    shifted by one observed value per channel, so that the running sums do not cancel
+    catastrophically: a constant channel then gets exactly 0 (hence 1), not float noise.
     """
     steps, batch = membrane.shape[:2]
     channels = membrane.shape[2] if membrane.dim() > 2 else 1
     flat = membrane.reshape(steps, batch, channels, -1)
+    flat = flat - flat[:1, :1, :, :1]
     count_per_step = batch * flat.shape[-1]
     s1 = flat.sum(dim=(1, 3)).cumsum(0)
     s2 = (flat * flat).sum(dim=(1, 3)).cumsum(0)
@@ -375,6 +378,8 @@ class Neuron(nn.Module):
         if mode == "half":
             return theta / 2
         v0 = self.initial_potential
+        if v0 is None:
+            raise ValueError("initial_potential='tensor' needs set_initial_potential() first")
         if v0.dim() == 1 and per_sample > 1:
             v0 = v0.view(-1, *([1] * (per_sample - 1)))
         return v0
@@ -382,6 +387,8 @@ class Neuron(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "threshold"
         if key in state_dict and state_dict[key].shape != self.threshold.shape:
+            if self.channels is None and state_dict[key].dim() == 1:
+                self.channels = state_dict[key].numel()
             self.set_threshold(torch.zeros_like(state_dict[key]))
         key = prefix + "initial_potential"
         if key in state_dict:

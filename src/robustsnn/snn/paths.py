@@ -125,7 +125,7 @@ class GradientPath:
         low, beta = self.params
         onset = (1 - leak) * threshold
         slope = (1 - low * (1 - leak) * threshold) / ((leak + beta - 1) * threshold)
-        out = torch.where(mean_input <= onset, low * torch.ones_like(mean_input), slope)
+        out = torch.where(mean_input < onset, low * torch.ones_like(mean_input), slope)
         out = torch.where(mean_input < 0, torch.zeros_like(out), out)
         return torch.where(mean_input > beta * threshold, torch.zeros_like(out), out)
 
