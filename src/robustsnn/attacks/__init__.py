@@ -24,6 +24,11 @@ from robustsnn.attacks.evaluator import (
 )
 from robustsnn.attacks.members import ATTACKS, GRADIENT_ATTACKS, Member, run_member
 from robustsnn.attacks.pgd import fgsm, pgd, random_start, rfgsm
+from robustsnn.attacks.reference import (
+    CrossCheckResult,
+    autoattack_available,
+    autoattack_cross_check,
+)
 from robustsnn.attacks.seeding import SampleRandom, derive_seed
 from robustsnn.attacks.square import square
 from robustsnn.attacks.suite import (
@@ -40,6 +45,7 @@ from robustsnn.attacks.worst_case import WorstCaseResult, worst_case_accuracy
 __all__ = [
     "ATTACKS",
     "BUILTIN_SUITES",
+    "CrossCheckResult",
     "DIAGNOSTICS",
     "EpsResult",
     "EvaluationResult",
@@ -59,6 +65,8 @@ __all__ = [
     "WorstCaseResult",
     "apgd",
     "apgd_t",
+    "autoattack_available",
+    "autoattack_cross_check",
     "ce_loss",
     "check_budget",
     "correct_fraction",

@@ -282,7 +282,8 @@ def evaluate(
     """Run ``suite`` against ``model`` on ``images`` (in [0, 1]) and ``labels``.
 
     Args:
-        sources: models named by ``suite.transfer`` (ANN or SNN objects) for transfer members.
+        sources: models named by ``suite.transfer`` (ANN or SNN objects) for transfer members;
+            when the suite names none, every source given becomes a transfer member.
         results_path: JSON file for incremental per-sample results (``eval/SUITE.json``).
         resume: continue from ``results_path`` if it holds a compatible unfinished run.
         progress: called as ``progress(label, done, total)`` after every batch.
@@ -293,6 +294,8 @@ def evaluate(
     from robustsnn.attacks.diagnostics import run_diagnostics
 
     sources = dict(sources or {})
+    if sources and not suite.transfer:
+        suite = suite.with_overrides(transfer=sorted(sources))
     missing = [s for s in suite.transfer if s not in sources]
     if missing:
         raise ValueError(
