@@ -403,10 +403,6 @@ def _no_readout_delay(model: nn.Module) -> Iterator[None]:
 
 
 # ---- COS and SRP: per-sample pre-simulation ------------------------------------------------------
-class _Stop(Exception):
-    pass
-
-
 def _input_sequence(x: torch.Tensor, steps: int, batch: int) -> torch.Tensor:
     """A neuron input as ``[T, B, ...]`` (direct-coded input arrives once, unexpanded)."""
     if x.shape[0] == batch and steps != 1:
