@@ -412,6 +412,198 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None
     console.print(f"report: {escape(str(path))}", highlight=False)
 
 
+# ---- conversion ------------------------------------------------------------------------------
+def _parse_time_steps(text: str) -> list[int]:
+    try:
+        steps = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"--T expects integers >= 1 like 1,2,4,8; got '{text}'") from None
+    if not steps or min(steps) < 1:
+        raise ValueError(f"--T expects integers >= 1 like 1,2,4,8; got '{text}'")
+    return steps
+
+
+def _parse_options(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings to a dict; values are read as YAML scalars (4, 0.5, true, cos)."""
+    import yaml
+
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--option expects KEY=VALUE, got '{item}'")
+        try:
+            options[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            options[key.strip()] = value
+    return options
+
+
+def _accuracy_markdown(result: dict[str, Any], source: Path) -> str:
+    offset = result["latency_offset"]
+    lines = [
+        f"Accuracy vs T of `{source}` converted with `{result['recipe']}` "
+        f"({result['dataset']} test split)",
+        "",
+        "| T | total steps | accuracy % |",
+        "|---|---|---|",
+    ]
+    for steps, accuracy in sorted(result["accuracy"].items()):
+        lines.append(f"| {steps} | {offset + steps} | {100 * accuracy:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+@app.command("convert")
+def convert_command(
+    checkpoint: Path = typer.Argument(
+        ..., help="An ANN checkpoint: its .safetensors or .json file, or their common stem."
+    ),
+    recipe: str = typer.Option(
+        ..., "--recipe", help="qcfs, cos, srp, opi, tfc, max-norm, percentile, ..."
+    ),
+    time_steps: str = typer.Option(
+        "1,2,4,8", "--T", help="Comma-separated T to evaluate; the SNN is saved at the largest."
+    ),
+    option: list[str] = typer.Option(
+        [], "--option", help="A recipe option KEY=VALUE, e.g. presim_steps=4 (repeatable)."
+    ),
+    out: Path = typer.Option(
+        None, "--out", "-o", help="Stem of the SNN checkpoint (default: CHECKPOINT_RECIPE)."
+    ),
+    dataset: str = typer.Option(None, help="Dataset (default: the checkpoint's)."),
+    samples: int = typer.Option(None, help="Evaluate on the first N test images (default: all)."),
+    calibration: int = typer.Option(512, help="Training images used for calibration."),
+) -> None:
+    """Convert an ANN checkpoint to an SNN with a recipe; save it and its accuracy vs T."""
+    from robustsnn.convert import convert_checkpoint
+    from robustsnn.io import atomic_write_text, checkpoint_files
+
+    steps = _parse_time_steps(time_steps)
+    options = _parse_options(option)
+    source = checkpoint_files(checkpoint)[0].with_suffix("")
+    target = checkpoint_files(out)[0].with_suffix("") if out else None
+    target = target or source.with_name(f"{source.name}_{recipe}")
+    if target.resolve() == source.resolve():
+        raise ValueError(f"--out {out} would overwrite the ANN checkpoint")
+    result = convert_checkpoint(
+        source,
+        recipe,
+        steps,
+        target,
+        dataset=dataset,
+        eval_size=samples,
+        calibration_size=calibration,
+        options=options,
+    )
+    offset = result["latency_offset"]
+    table = Table(title=escape(f"{recipe} on {result['dataset']}: accuracy vs T"))
+    for column in ("T", "total steps", "accuracy %"):
+        table.add_column(column, justify="right")
+    for t, accuracy in sorted(result["accuracy"].items()):
+        table.add_row(str(t), str(offset + t), f"{100 * accuracy:.2f}")
+    console.print(table)
+    markdown = atomic_write_text(
+        target.with_name(target.name + ".md"), _accuracy_markdown(result, source)
+    )
+    console.print(f"checkpoint: {escape(result['checkpoint'])}", highlight=False)
+    console.print(f"table: {escape(str(markdown))}", highlight=False)
+
+
+class _EvaluationProgress:
+    """One tqdm bar per attack member (the evaluator calls back with label, done, total)."""
+
+    def __init__(self) -> None:
+        self.label: str | None = None
+        self.bar = None
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if label != self.label:
+            self.close()
+            self.label = label
+            self.bar = tqdm(total=total, desc=label, leave=False, file=sys.stderr)
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _parse_eps_list(text: str) -> list[float]:
+    from robustsnn.config import parse_eps
+
+    values = [parse_eps(item, "--eps") for item in text.split(",") if item.strip()]
+    if not values:
+        raise ValueError(f"--eps expects budgets like 0.1,0.3 or 8/255; got '{text}'")
+    return values
+
+
+@app.command()
+def evaluate(
+    target: Path = typer.Argument(..., help="A run directory (its final SNN) or a checkpoint."),
+    suite: str = typer.Option("paper", help="quick, paper, full or a suite YAML file."),
+    eps: str = typer.Option(
+        None, help="Comma-separated budgets, e.g. 0.1,0.3 or 8/255 (default: the run's)."
+    ),
+    samples: int = typer.Option(None, help="Attack the first N test samples."),
+    cross_check: str = typer.Option(
+        None, "--cross-check", help="autoattack: also run pyautoattack's AutoAttack."
+    ),
+    out: Path = typer.Option(None, "--out", "-o", help="Directory for eval/ (default: the run)."),
+    dataset: str = typer.Option(None, help="Dataset (default: the checkpoint's)."),
+    resume: bool = typer.Option(
+        True, "--resume/--no-resume", help="Continue an unfinished eval/SUITE.json."
+    ),
+) -> None:
+    """Attack a run's final SNN (or a checkpoint) with a suite; per-sample worst case."""
+    from robustsnn.attacks import evaluate_checkpoint
+
+    budgets = _parse_eps_list(eps) if eps is not None else None
+    progress = _EvaluationProgress()
+    try:
+        done = evaluate_checkpoint(
+            target,
+            suite,
+            eps=budgets,
+            samples=samples,
+            out=out,
+            dataset=dataset,
+            resume=resume,
+            cross_check=cross_check,
+            progress=progress,
+        )
+    finally:
+        progress.close()
+    summary = done.summary
+    table = Table(title=escape(f"suite '{summary['suite']}' on {summary['samples']} samples"))
+    for column in ("ε", "clean %", "worst case %", "members", "runs / naive", "strongest first"):
+        table.add_column(column)
+    for key, r in summary["robust"].items():
+        table.add_row(
+            key,
+            f"{100 * summary['clean_accuracy']:.1f}",
+            f"{100 * r['worst_case_accuracy']:.1f}",
+            str(len(r["members"])),
+            f"{100 * r['work'].get('fraction_of_naive', 0):.0f} %",
+            escape(r["order"][0] if r["order"] else "–"),
+        )
+    console.print(table)
+    for key, c in summary.get("cross_check", {}).items():
+        console.print(
+            f"AutoAttack ε={key} through {c['path']}: {100 * c['robust_accuracy']:.1f} %",
+            highlight=False,
+        )
+    failed = summary.get("failed_diagnostics", [])
+    if failed:
+        err_console.print(f"[bold yellow]diagnostics flagged:[/bold yellow] {', '.join(failed)}")
+    console.print(f"results: {escape(str(done.results_path))}", highlight=False)
+    if done.report_path is not None:
+        console.print(f"report: {escape(str(done.report_path))}", highlight=False)
+
+
 def main() -> None:
     """Entry point of the ``robustsnn`` command (user mistakes are handled by the root group)."""
     app(prog_name="robustsnn")

@@ -106,13 +106,17 @@ class FinetuneConfig:
 
 @dataclass
 class EvaluationConfig:
+    """Evaluation of every stage (stage 4): the attack suite ``suite`` (a built-in name or a
+    suite YAML file) with this run's ``eps``, ``samples``, ``batch_size``, PGD ``steps`` and,
+    when given, ``paths``; ``options`` sets any other suite key (e.g. ``apgd_steps``).
+    ``attack`` and ``steps`` also drive the ε sweep through the strongest path."""
+
     suite: str = "quick"
     eps: list[float] = field(default_factory=lambda: [2 / 255])
     attack: str = "pgd"
     steps: int = 10
-    paths: list[str] = field(
-        default_factory=lambda: ["triangle:1.0", "rect:1.0", "exp:1.0:1.0", "bptr", "ann"]
-    )
+    paths: list[str] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
     samples: int | None = 1000
     batch_size: int = 256
     sweep_eps: list[float] = field(default_factory=list)
@@ -282,7 +286,8 @@ def _check_names(config: RunConfig) -> None:
             f"model.name: unknown model '{config.model.name}'; accepted: {', '.join(list_models())}"
         )
     try:
-        expand_paths(config.evaluation.paths)
+        if config.evaluation.paths is not None:
+            expand_paths(config.evaluation.paths)
         expand_paths([config.finetune.surrogate])
     except ValueError as err:
         raise ConfigError(f"evaluation.paths / finetune.surrogate: {err}") from None

@@ -142,50 +142,75 @@ def _finetune(config: RunConfig, snn, train, test, rd: RunDir, resume: bool, cb:
     )
 
 
-def evaluate_stage(model, test, config: RunConfig, *, is_snn: bool) -> dict[str, Any]:
-    """Clean accuracy and the per-sample worst case of the configured attack per ε."""
-    from robustsnn.attacks import worst_case_accuracy
+def evaluation_suite(config: RunConfig, *, diagnostics: bool = True):
+    """The suite named by ``evaluation.suite`` (built-in or YAML file) with the run's budgets.
+
+    The config's ``eps``, ``samples`` (None: every test sample), ``batch_size``, ``steps``,
+    ``paths`` (when given) and ``options`` (any other suite key) replace the suite's; the seed
+    is the run's. ``diagnostics=False`` switches the obfuscation checks off (the pipeline runs
+    them on the final model only).
+    """
+    from robustsnn.attacks import Suite, load_suite
 
     c = config.evaluation
-    images, labels = test.images, test.labels
-    if c.samples is not None:
-        images, labels = images[: c.samples], labels[: c.samples]
-    paths = list(c.paths) if is_snn else ["ann"]
-    robust: dict[str, Any] = {}
-    clean = None
-    for eps in c.eps:
-        result = worst_case_accuracy(
-            model,
-            images,
-            labels,
-            eps=eps,
-            paths=paths,
-            attack=c.attack,
-            steps=c.steps,
-            batch_size=c.batch_size,
-            seed=config.seed,
-        )
-        clean = result.clean_accuracy
-        robust[_eps_key(eps)] = {
-            "eps": eps,
-            "worst_case_accuracy": result.robust_accuracy,
-            "per_member": dict(result.per_member),
-        }
-    return {
-        "clean_accuracy": clean,
-        "robust": robust,
-        "attack": {"name": c.attack, "steps": c.steps, "paths": paths, "samples": len(labels)},
+    data = load_suite(c.suite).to_dict()
+    data.update(
+        eps=list(c.eps), samples=c.samples, batch_size=c.batch_size, steps=c.steps, seed=config.seed
+    )
+    if c.paths is not None:
+        data["paths"] = list(c.paths)
+    data.update(c.options)
+    if not diagnostics:
+        data["diagnostics"] = False
+    return Suite.from_dict(data)
+
+
+def evaluate_stage(
+    model,
+    test,
+    config: RunConfig,
+    *,
+    is_snn: bool,
+    diagnostics: bool = False,
+    results_path: str | Path | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Clean accuracy and the per-sample worst case of the configured suite per ε.
+
+    Returns the evaluator's compact summary (``robust[eps]`` with ``worst_case_accuracy``,
+    ``per_member``, ``members``, ``order``, ``work``; ``diagnostics``) plus ``attack``, the
+    settings that produced it. Per-sample records go to ``results_path`` (overwritten).
+    """
+    from robustsnn.attacks import evaluate
+
+    suite = evaluation_suite(config, diagnostics=diagnostics)
+    result = evaluate(
+        model, test.images, test.labels, suite, results_path=results_path, resume=False,
+        progress=progress,
+    )  # fmt: skip
+    out = result.summary()
+    out["attack"] = {
+        "suite": suite.name,
+        "attacks": list(suite.attacks),
+        "steps": suite.steps,
+        "apgd_steps": suite.apgd_steps,
+        "paths": suite.path_list() if is_snn else ["ann"],
+        "norm": suite.norm,
+        "samples": result.samples,
+        "order": suite.order,
     }
-
-
-def _eps_key(eps: float) -> str:
-    return f"{eps:.6g}"
+    return out
 
 
 def _strongest_path(result: dict[str, Any]) -> str:
+    """The path of the first gradient member run at the first ε (the adaptive order puts the
+    path that screened strongest first)."""
     first = next(iter(result["robust"].values()))
-    member = min(first["per_member"], key=first["per_member"].get)
-    return member.split("/", 1)[1]
+    for name in first.get("order", []):
+        attack, _, path = name.partition("/")
+        if path and not attack.startswith("transfer:"):
+            return path
+    return result["attack"]["paths"][0]
 
 
 def eps_sweep(model, test, config: RunConfig, path: str) -> dict[str, Any]:
@@ -316,6 +341,7 @@ def run(
     rd = RunDir.create(Path(run_dir))
     atomic_write_text(rd.config_path, config.to_yaml())
     torch.manual_seed(config.seed)
+    suite_name = evaluation_suite(config).name  # a bad suite stops the run before training
     train, test = _load_data(config)
     summary: dict[str, Any] = {
         "name": config.name,
@@ -364,12 +390,21 @@ def run(
         summary["wall_time_s"][stage] = elapsed
         models[stage] = model
 
+    final = models.get("snn_finetuned", models.get("snn_converted"))
     for stage, model in models.items():
         cb.stage(f"evaluate {stage}", "running")
         start = time.perf_counter()
         model.eval()
         is_snn = stage != "ann"
-        result = evaluate_stage(model, test, config, is_snn=is_snn)
+        result = evaluate_stage(
+            model,
+            test,
+            config,
+            is_snn=is_snn,
+            diagnostics=model is final,
+            results_path=rd.eval_dir / stage / f"{suite_name}.json",
+            progress=cb.evaluation,
+        )
         result["time_steps"] = int(getattr(model, "time_steps", 0))
         if config.evaluation.sweep_eps:
             path = _strongest_path(result) if is_snn else "ann"
@@ -379,7 +414,6 @@ def run(
         summary["stages"][stage] = result
         summary["wall_time_s"][f"evaluate_{stage}"] = time.perf_counter() - start
 
-    final = models.get("snn_finetuned", models.get("snn_converted"))
     if config.energy.enabled and final is not None:
         from robustsnn.energy import energy_report
 

@@ -1,6 +1,7 @@
 """Attacks in [0, 1] pixel space through any gradient path, and the worst-case evaluator."""
 
 from robustsnn.attacks.apgd import apgd, apgd_t
+from robustsnn.attacks.checkpoint import CheckpointEvaluation, evaluate_checkpoint
 from robustsnn.attacks.core import (
     ce_loss,
     check_budget,
@@ -45,6 +46,7 @@ from robustsnn.attacks.worst_case import WorstCaseResult, worst_case_accuracy
 __all__ = [
     "ATTACKS",
     "BUILTIN_SUITES",
+    "CheckpointEvaluation",
     "CrossCheckResult",
     "DIAGNOSTICS",
     "EpsResult",
@@ -54,6 +56,7 @@ __all__ = [
     "adaptive_order",
     "eps_key",
     "evaluate",
+    "evaluate_checkpoint",
     "get_suite",
     "list_suites",
     "load_suite",

@@ -2,7 +2,9 @@
 
 from robustsnn.report.html import markdown_to_html
 from robustsnn.report.markdown import (
+    diagnostics_table,
     energy_table,
+    evaluation_section,
     member_table,
     render_report,
     summary_table,
@@ -12,7 +14,9 @@ from robustsnn.report.markdown import (
 from robustsnn.report.plots import render_plots
 
 __all__ = [
+    "diagnostics_table",
     "energy_table",
+    "evaluation_section",
     "markdown_to_html",
     "member_table",
     "render_plots",

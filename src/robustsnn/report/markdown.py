@@ -131,17 +131,19 @@ def render_report(summary: dict[str, Any], config: Any = None, plots: dict | Non
                 else "No finetuning."
             )
         )
-        parts.append(
-            f"Evaluation: L∞ `{e.attack}` with {e.steps} steps, random start, per-sample worst "
-            f"case over the gradient paths {', '.join(f'`{p}`' for p in e.paths)} (the ANN is "
-            f"attacked with its exact gradient); success judged on the true spiking forward; "
-            f"{e.samples or 'all'} test samples."
-        )
+        parts.append(_evaluation_sentence(summary, e))
     parts += ["", "## Summary", "", summary_table(summary), ""]
     for stage, result in summary.get("stages", {}).items():
         table = member_table(result)
         if table:
             parts += [f"## Attack members: {_STAGE_TITLES.get(stage, stage)}", "", table, ""]
+        if result.get("diagnostics"):
+            parts += [
+                f"## Diagnostics: {_STAGE_TITLES.get(stage, stage)}",
+                "",
+                diagnostics_table(result["diagnostics"]),
+                "",
+            ]
     plots = plots or {}
     sweep = sweep_table(summary)
     if sweep:
@@ -188,6 +190,104 @@ def render_report(summary: dict[str, Any], config: Any = None, plots: dict | Non
         ]
         if "firing_rates" in plots:
             parts += [f"![firing rates]({plots['firing_rates']})", ""]
+    for name, evaluation in summary.get("evaluations", {}).items():
+        parts += [evaluation_section(name, evaluation), ""]
+    return "\n".join(parts)
+
+
+def _evaluation_sentence(summary: dict[str, Any], e: Any) -> str:
+    """What the stage evaluations ran: the suite, its attacks, steps, paths and samples."""
+    attack = next(
+        (r["attack"] for r in reversed(summary.get("stages", {}).values()) if "attack" in r), {}
+    )
+    paths = attack.get("paths") or e.paths or []
+    attacks = ", ".join(attack.get("attacks", [e.attack]))
+    return (
+        f"Evaluation: suite `{attack.get('suite', e.suite)}` ({attacks}; PGD "
+        f"{attack.get('steps', e.steps)} steps, random start; {attack.get('norm', 'linf')}), "
+        f"per-sample worst case over the gradient paths {', '.join(f'`{p}`' for p in paths)} "
+        "(the ANN is attacked with its exact gradient); success judged on the true spiking "
+        f"forward; {attack.get('samples', e.samples or 'all')} test samples. Obfuscation "
+        "diagnostics run on the final SNN."
+    )
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_short(v) for v in value) + "]"
+    return str(value)
+
+
+def diagnostics_table(diagnostics: dict[str, Any]) -> str:
+    """One row per obfuscation check: passed / FLAGGED / not run, and the numbers behind it."""
+    lines = ["| check | result | numbers |", "|---|---|---|"]
+    for name, d in diagnostics.items():
+        passed = d.get("passed")
+        verdict = "passed" if passed else ("not run" if passed is None else "**FLAGGED**")
+        numbers = "; ".join(
+            f"{k} {_short(v)}"
+            for k, v in d.items()
+            if k not in ("passed", "note") and not isinstance(v, dict)
+        )
+        lines.append(f"| {name} | {verdict} | {numbers} |")
+    return "\n".join(lines)
+
+
+def evaluation_section(name: str, evaluation: dict[str, Any]) -> str:
+    """The "Evaluation: SUITE" section of ``robustsnn evaluate``: settings, worst case per ε,
+    every member's row per ε, diagnostics (flags first) and the AutoAttack cross-check."""
+    s = evaluation.get("settings", {})
+    robust = evaluation.get("robust", {})
+    parts = [f"## Evaluation: {name}", ""]
+    parts.append(
+        f"Checkpoint `{s.get('checkpoint', '?')}` (T = {s.get('time_steps', '?')}) on "
+        f"{evaluation.get('samples')} `{s.get('dataset', '?')}` test samples; "
+        f"{s.get('norm', 'linf')} ε = {', '.join(f'{e:.4g}' for e in s.get('eps', []))}; "
+        f"attacks {', '.join(s.get('attacks', []))} (PGD {s.get('steps')} steps, APGD "
+        f"{s.get('apgd_steps')} iterations, {s.get('restarts')} restart(s), APGD-T "
+        f"{s.get('targets')} targets); {len(s.get('paths', []))} gradient paths "
+        f"({', '.join(f'`{p}`' for p in s.get('paths', []))}); {s.get('order')} order. "
+        f"Per-sample results: `{s.get('results_file', '?')}`."
+    )
+    failed = evaluation.get("failed_diagnostics", [])
+    if failed:
+        parts += ["", f"**Diagnostics flagged: {', '.join(failed)}** (see below)."]
+    head = "| ε | clean % | worst case % | members | member × sample runs (of naive) |"
+    parts += ["", head, "|---|---|---|---|---|"]
+    for key, r in robust.items():
+        work = r.get("work", {})
+        parts.append(
+            f"| {key} | {_pct(evaluation.get('clean_accuracy'))} | "
+            f"{_pct(r.get('worst_case_accuracy'))} | {len(r.get('members', []))} | "
+            f"{work.get('member_samples', '–')} ({100 * work.get('fraction_of_naive', 0):.0f} %) |"
+        )
+    for key, r in robust.items():
+        parts += [
+            "",
+            f"Members at ε = {key}, in the order run (ran: samples still robust at its turn; "
+            "marginal: accuracy it removed; alone: exact only where it ran on every sample):",
+            "",
+            "| member | ran | fooled | marginal (pts) | cumulative % | alone % |",
+            "|---|---|---|---|---|---|",
+        ]
+        for m in r.get("members", []):
+            parts.append(
+                f"| `{m['name']}` | {m['ran']} | {m['fooled']} | {100 * m['marginal']:.1f} | "
+                f"{_pct(m['cumulative'])} | {_pct(m.get('alone'))} |"
+            )
+    if evaluation.get("diagnostics"):
+        parts += ["", "Diagnostics:", "", diagnostics_table(evaluation["diagnostics"])]
+    cross = evaluation.get("cross_check")
+    if cross:
+        parts += ["", "AutoAttack cross-check (pyautoattack, judged on the true forward):", ""]
+        parts += ["| ε | path | attacks | robust % |", "|---|---|---|---|"]
+        for key, c in cross.items():
+            parts.append(
+                f"| {key} | `{c.get('path')}` | {', '.join(c.get('attacks', []))} | "
+                f"{_pct(c.get('robust_accuracy'))} |"
+            )
     return "\n".join(parts)
 
 
