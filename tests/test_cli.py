@@ -112,3 +112,93 @@ def test_usage_mistakes_keep_clicks_message():
     result = invoke("no-such-command")
     assert result.exit_code == 2
     assert "No such command" in result.output and "Traceback" not in result.output
+
+
+# ---- convert ---------------------------------------------------------------------------------
+@pytest.fixture
+def ann_checkpoint(tmp_path):
+    """A small untrained QCFS ANN for 8x8 digits; its metadata names the dataset."""
+    torch.manual_seed(0)
+    model = create_model(
+        "small_cnn",
+        input_shape=(1, 8, 8),
+        channels=(4, 6),
+        hidden=12,
+        neuron={"activation": "qcfs", "levels": 4, "clip_value": 1.0},
+    )
+    save_checkpoint(model.eval(), tmp_path / "ann", {"dataset": "digits", "stage": "ann"})
+    return tmp_path / "ann"
+
+
+def test_convert_writes_the_snn_and_an_accuracy_table(ann_checkpoint, tmp_path):
+    from robustsnn.convert.low_latency import presimulation
+    from robustsnn.io import load_checkpoint
+
+    out = tmp_path / "snn_cos"
+    result = invoke(
+        "convert",
+        str(ann_checkpoint.with_suffix(".safetensors")),
+        "--recipe",
+        "cos",
+        "--T",
+        "1,2,4",
+        "--option",
+        "presim_steps=2",
+        "--option",
+        "shift=unit",
+        "--samples",
+        "24",
+        "--calibration",
+        "16",
+        "--out",
+        str(out),
+    )
+    assert result.exit_code == 0, result.output
+    rows = [line.split("│")[1:3] for line in result.stdout.splitlines() if line.startswith("│")]
+    assert [[cell.strip() for cell in row] for row in rows] == [["1", "3"], ["2", "4"], ["4", "6"]]
+    snn, meta = load_checkpoint(out)
+    assert meta["recipe"] == "cos" and meta["dataset"] == "digits" and meta["time_steps"] == 4
+    assert meta["recipe_options"] == {"presim_steps": 2, "shift": "unit"}
+    assert presimulation(snn).settings() == {"method": "cos", "presim_steps": 2, "shift": "unit"}
+    table = (tmp_path / "snn_cos.md").read_text()
+    assert "| 4 | 6 |" in table and set(meta["metrics"]["accuracy_vs_T"]) == {"1", "2", "4"}
+
+
+def test_convert_default_output_is_next_to_the_checkpoint(ann_checkpoint):
+    result = invoke(
+        "convert", str(ann_checkpoint), "--recipe", "qcfs", "--T", "2", "--samples", "8"
+    )
+    assert result.exit_code == 0, result.output
+    assert ann_checkpoint.with_name("ann_qcfs.safetensors").exists()
+    assert ann_checkpoint.with_name("ann_qcfs.md").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--recipe", "no-such-recipe"], "unknown conversion recipe 'no-such-recipe'"),
+        (["--recipe", "cos", "--option", "rho=4"], "has no option rho"),
+        (["--recipe", "cos", "--option", "presim_steps=four"], "presim_steps expects int"),
+        (["--recipe", "cos", "--option", "presim_steps"], "--option expects KEY=VALUE"),
+        (["--recipe", "qcfs", "--option", "time_steps=4"], "give the time steps as T"),
+        (["--recipe", "qcfs", "--T", "0,4"], "--T expects integers >= 1"),
+        (["--recipe", "qcfs", "--T", "four"], "--T expects integers >= 1"),
+        (["--recipe", "percentile", "--option", "percentile=150"], "percentile must be in"),
+    ],
+)
+def test_convert_mistakes_are_one_line_errors(ann_checkpoint, args, fragment):
+    result = invoke("convert", str(ann_checkpoint), "--samples", "8", *args)
+    _assert_one_line_error(result, fragment)
+
+
+def test_convert_missing_checkpoint_or_dataset_is_one_line_error(tmp_path):
+    result = invoke("convert", str(tmp_path / "nothing"), "--recipe", "qcfs")
+    _assert_one_line_error(result, "nothing")
+    model = create_model("small_cnn", input_shape=(1, 8, 8), neuron={"activation": "qcfs"})
+    save_checkpoint(model, tmp_path / "anon")
+    result = invoke("convert", str(tmp_path / "anon"), "--recipe", "qcfs")
+    _assert_one_line_error(result, "records no dataset")
+    result = invoke(
+        "convert", str(tmp_path / "anon"), "--recipe", "qcfs", "--out", str(tmp_path / "anon")
+    )
+    _assert_one_line_error(result, "would overwrite")

@@ -198,7 +198,7 @@ def test_convert_checkpoint_writes_snn_and_accuracy_table(tmp_path):
 
     torch.manual_seed(0)
     ann = create_model("small_cnn", neuron={"activation": "qcfs", "levels": 4})
-    save_checkpoint(ann, tmp_path / "ann")
+    save_checkpoint(ann, tmp_path / "ann", {"dataset": "mnist5k"})
     result = convert_checkpoint(
         tmp_path / "ann", "cos", [2, 1], tmp_path / "snn", eval_size=20, calibration_size=32
     )

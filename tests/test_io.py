@@ -135,6 +135,50 @@ def test_round_trip_poisson_encoding_with_seed(tmp_path):
         assert torch.equal(model(x), loaded(x))
 
 
+@pytest.mark.parametrize("recipe", ["cos", "srp"])
+def test_load_checkpoint_restores_cos_and_srp_calibration(tmp_path, recipe):
+    """The calibration hooks are not tensors: load_checkpoint re-installs them from the
+    conversion metadata, so the loaded SNN gives the saved one's outputs exactly."""
+    from robustsnn.convert import conversion_metadata, convert, remove_presimulation
+    from robustsnn.convert.low_latency import presimulation
+
+    model = _tiny(neuron={"activation": "qcfs", "levels": 4, "clip_value": 1.5})
+    snn = convert(model, recipe, time_steps=4, presim_steps=3)
+    save_checkpoint(snn, tmp_path / "snn", conversion_metadata(snn))
+    loaded, meta = load_checkpoint(tmp_path / "snn")
+    assert meta["presimulation"]["method"] == recipe
+    assert presimulation(loaded).settings() == presimulation(snn).settings()
+    x = torch.rand(6, 1, 8, 8)
+    with torch.no_grad():
+        expected = snn(x)
+        assert torch.equal(loaded(x), expected)
+        plain, _ = load_checkpoint(tmp_path / "snn")
+        remove_presimulation(plain)
+        assert not torch.equal(plain(x), expected)  # the hooks matter for this input
+
+
+def test_load_checkpoint_restores_a_zoo_models_readout_delay(tmp_path):
+    from robustsnn.convert import conversion_metadata, set_readout_delay
+
+    model = _tiny()
+    set_time_steps(model, 8)
+    set_readout_delay(model, 5)
+    save_checkpoint(model, tmp_path / "delayed", conversion_metadata(model))
+    loaded, meta = load_checkpoint(tmp_path / "delayed")
+    assert meta["readout_delay"] == 5 and loaded.readout_delay == 5
+    x = torch.rand(3, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_bad_conversion_metadata_is_a_value_error(tmp_path):
+    model = _tiny(neuron={"activation": "qcfs"})
+    set_time_steps(model, 4)
+    save_checkpoint(model, tmp_path / "bad", {"presimulation": {"method": "nope"}})
+    with pytest.raises(ValueError, match="conversion settings.*method"):
+        load_checkpoint(tmp_path / "bad")
+
+
 def test_metadata_contents(tmp_path):
     model = _spiking(_tiny())
     recipe = {"objective": "trades", "eps": 8 / 255, "paths": ["triangle:1.0", "ste"]}

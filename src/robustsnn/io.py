@@ -337,7 +337,9 @@ def load_checkpoint(
 
     ``path`` is the ``.safetensors`` file, the ``.json`` file or their common stem. The model is
     built with ``create_model(name, **kwargs)``, each neuron gets its saved settings, the
-    tensors are loaded strictly, and T, the encoding and the Poisson seed are restored.
+    tensors are loaded strictly, and T, the encoding and the Poisson seed are restored, as are
+    the conversion settings kept in the metadata (:data:`CONVERSION_KEYS`: COS/SRP calibration
+    hooks, delayed readout), so a converted SNN behaves exactly as when it was saved.
     """
     from robustsnn.models import create_model
     from robustsnn.snn.network import ENCODINGS, named_neurons, set_time_steps
@@ -362,7 +364,25 @@ def load_checkpoint(
     model.encoding = encoding
     if hasattr(model, "reseed"):
         model.reseed(meta.get("poisson_seed"))
+    _restore_conversion(model, meta, meta_path)
     return model.to(device).eval(), meta
+
+
+CONVERSION_KEYS = ("presimulation", "readout_delay")
+"""Metadata keys written by ``robustsnn.convert.conversion_metadata``: settings that live in
+forward hooks (COS/SRP pre-simulation, a zoo model's delayed readout), not in the tensors."""
+
+
+def _restore_conversion(model: nn.Module, meta: dict[str, Any], where: Path) -> None:
+    """Re-install the conversion settings a checkpoint records, so the SNN runs as saved."""
+    if not any(meta.get(key) for key in CONVERSION_KEYS):
+        return
+    from robustsnn.convert.low_latency import apply_conversion_metadata  # convert imports io
+
+    try:
+        apply_conversion_metadata(model, meta)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: cannot restore the conversion settings: {err}") from None
 
 
 # ---- foreign weights -------------------------------------------------------------------------

@@ -39,6 +39,7 @@ SUPPORTED = (
 )
 _ADD = (operator.add, operator.iadd, torch.add)
 _RELU = (F.relu, torch.relu, torch.relu_)
+_PLAIN = (str, int, float, bool, type(None))
 
 
 # ---- the rebuilt network ---------------------------------------------------------------------
@@ -545,35 +546,47 @@ def convert_checkpoint(
     time_steps: Sequence[int] | int,
     out: str | Path,
     *,
-    dataset: str = "mnist5k",
+    dataset: str | None = None,
     root: str | Path | None = None,
     calibration_size: int = 512,
     eval_size: int | None = None,
     batch_size: int = 256,
-    **options: Any,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``robustsnn convert CHECKPOINT --recipe NAME --T ...`` as one library call.
 
     Loads the ANN checkpoint, converts it with ``recipe`` (calibration data: the first
-    ``calibration_size`` training images of ``dataset``), saves the SNN at the largest T to
-    ``out`` and returns ``{"recipe", "latency_offset", "accuracy": {T: acc}, "checkpoint"}``
+    ``calibration_size`` training images of ``dataset``, by default the one the checkpoint's
+    metadata names under ``dataset``), saves the SNN at the largest T to ``out`` with its
+    conversion settings (:func:`~robustsnn.convert.low_latency.conversion_metadata`) and
+    returns ``{"recipe", "dataset", "latency_offset", "accuracy": {T: acc}, "checkpoint"}``
     with the accuracy after each T of ``time_steps`` on the test split (first ``eval_size``
-    images, or all). ``options`` go to the recipe.
+    images, or all). ``options`` (a dict) go to the recipe; the recipe, its options and T are checked
+    before anything is loaded (ValueError).
     """
     from robustsnn.convert.low_latency import (
         accuracy_vs_time,
         conversion_metadata,
         latency_offset,
     )
-    from robustsnn.convert.recipes import convert
+    from robustsnn.convert.recipes import check_options, convert
     from robustsnn.data import load_dataset
     from robustsnn.io import load_checkpoint, save_checkpoint
 
     wanted = [time_steps] if isinstance(time_steps, int) else list(time_steps)
+    if any(isinstance(t, bool) or int(t) != t for t in wanted):
+        raise ValueError(f"time steps must be integers >= 1, got {time_steps!r}")
     steps = sorted({int(t) for t in wanted})
     if not steps or steps[0] < 1:
         raise ValueError(f"time steps must be integers >= 1, got {time_steps!r}")
+    options = dict(options or {})
+    check_options(recipe, options)
     model, meta = load_checkpoint(path)
+    dataset = dataset or meta.get("dataset")
+    if not dataset:
+        raise ValueError(
+            f"{path}: the checkpoint records no dataset; name the one it was trained on"
+        )
     calibration = load_dataset(dataset, "train", root).take(calibration_size)
     test = load_dataset(dataset, "test", root)
     if eval_size is not None:
@@ -583,6 +596,8 @@ def convert_checkpoint(
     offset = latency_offset(snn)
     metadata = {
         "recipe": recipe,
+        "recipe_options": {k: v for k, v in options.items() if isinstance(v, _PLAIN)},
+        "dataset": dataset,
         "source_checkpoint": str(path),
         "latency_offset": offset,
         "metrics": {"accuracy_vs_T": {str(t): a for t, a in accuracy.items()}},
@@ -591,6 +606,7 @@ def convert_checkpoint(
     saved = save_checkpoint(snn, out, metadata)
     return {
         "recipe": recipe,
+        "dataset": dataset,
         "latency_offset": offset,
         "accuracy": accuracy,
         "checkpoint": str(saved),
@@ -599,10 +615,11 @@ def convert_checkpoint(
 
 
 def load_converted(path: str | Path, device: str | torch.device = "cpu"):
-    """``load_checkpoint`` plus the conversion settings kept in the metadata (COS/SRP
-    pre-simulation, readout delay): the SNN behaves exactly as when it was saved."""
-    from robustsnn.convert.low_latency import apply_conversion_metadata
+    """The converted SNN of a checkpoint and its metadata, exactly as it was saved.
+
+    Kept for existing callers: :func:`robustsnn.io.load_checkpoint` itself now restores the
+    conversion settings (COS/SRP pre-simulation, readout delay) recorded in the metadata.
+    """
     from robustsnn.io import load_checkpoint
 
-    model, meta = load_checkpoint(path, device)
-    return apply_conversion_metadata(model, meta), meta
+    return load_checkpoint(path, device)

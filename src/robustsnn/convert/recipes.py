@@ -19,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import types
+import typing
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -469,6 +471,65 @@ def recipe_options(recipe: str) -> dict[str, Any]:
         for name, p in inspect.signature(fn).parameters.items()
         if p.kind is inspect.Parameter.KEYWORD_ONLY
     }
+
+
+def check_options(recipe: str, options: dict[str, Any]) -> None:
+    """Refuse an unknown ``recipe``, unknown options and values of the wrong type.
+
+    Values are checked against the recipe's annotations (an int is a valid float, a bool is
+    not an int), so a mistake typed on the command line is one clear ValueError before any
+    data is loaded. ``time_steps`` is refused: the caller sets it.
+    """
+    fn = _recipe(recipe)
+    accepted = recipe_options(recipe)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        listed = ", ".join(sorted(k for k in accepted if k != "time_steps"))
+        raise ValueError(
+            f"recipe '{recipe}' has no option {', '.join(unknown)}; "
+            + (f"options: {listed}" if listed else "it takes no options")
+        )
+    if "time_steps" in options:
+        raise ValueError("time_steps is not a recipe option here: give the time steps as T")
+    try:
+        hints = typing.get_type_hints(fn)
+    except (NameError, TypeError):
+        hints = {}
+    for key, value in options.items():
+        if key in hints and not _matches_hint(value, hints[key]):
+            raise ValueError(
+                f"recipe '{recipe}': option {key} expects {_hint_text(hints[key])}, got {value!r}"
+            )
+
+
+def _hint_members(hint: Any) -> tuple[Any, ...]:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return typing.get_args(hint)
+    return (hint,)
+
+
+def _matches_hint(value: Any, hint: Any) -> bool:
+    members = _hint_members(hint)
+    for member in members:
+        if member is type(None):
+            if value is None:
+                return True
+        elif not isinstance(member, type):
+            return True  # a generic or callable annotation: not checked
+        elif member is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        elif member is int and isinstance(value, bool):
+            continue
+        elif isinstance(value, member):
+            return True
+    return False
+
+
+def _hint_text(hint: Any) -> str:
+    names = [
+        "None" if m is type(None) else getattr(m, "__name__", str(m)) for m in _hint_members(hint)
+    ]
+    return " or ".join(names)
 
 
 def _recipe(recipe: str) -> Callable[..., nn.Module]:
