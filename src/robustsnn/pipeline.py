@@ -385,6 +385,10 @@ def run(
         if result is not None:
             metadata["metrics"] = {"history": getattr(result, "history", None)}
         metadata["wall_time_s"] = elapsed
+        if stage != "ann":
+            from robustsnn.convert import conversion_metadata  # COS/SRP hooks, readout delay
+
+            metadata.update(conversion_metadata(model))
         save_checkpoint(model, stem, metadata)
         append_jsonl(rd.log_path, {"stage": stage, "event": "done", "wall_time_s": elapsed})
         summary["wall_time_s"][stage] = elapsed
