@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -26,7 +28,7 @@ from robustsnn.data import load_dataset
 from robustsnn.data.dataset import DatasetInfo, ImageDataset
 from robustsnn.io import save_checkpoint
 from robustsnn.models import create_model
-from robustsnn.snn import set_time_steps
+from robustsnn.snn import named_neurons, set_time_steps
 
 
 @pytest.fixture(autouse=True)
@@ -76,6 +78,121 @@ def test_qcfs_at_t_equals_l_equals_the_ann_on_a_small_network(levels):
         other = snn(x)
     assert torch.allclose(out, ann, atol=1e-5, rtol=0)
     assert not torch.allclose(other, ann, atol=1e-3)
+
+
+class ResidualDigits(nn.Module):
+    """A user's residual CNN in plain torch: stem + average pooling, an identity block and a
+    strided block with a 1x1 downsample, one ReLU module reused inside each block."""
+
+    def __init__(self, width: int = 6) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width))
+        self.pool = nn.AvgPool2d(2)
+        self.a1, self.a2 = nn.Conv2d(width, width, 3, padding=1), nn.Conv2d(width, width, 3, 1, 1)
+        self.abn1, self.abn2 = nn.BatchNorm2d(width), nn.BatchNorm2d(width)
+        self.b1 = nn.Conv2d(width, 2 * width, 3, 2, 1)
+        self.b2 = nn.Conv2d(2 * width, 2 * width, 3, padding=1)
+        self.bbn1, self.bbn2 = nn.BatchNorm2d(2 * width), nn.BatchNorm2d(2 * width)
+        self.down = nn.Sequential(nn.Conv2d(width, 2 * width, 1, 2), nn.BatchNorm2d(2 * width))
+        self.relu_a, self.relu_b = nn.ReLU(), nn.ReLU()
+        self.head = nn.Linear(2 * width, 10)
+
+    def forward(self, x):
+        x = self.pool(torch.relu(self.stem(x)))
+        y = self.relu_a(self.abn2(self.a2(self.relu_a(self.abn1(self.a1(x))))) + x)
+        z = self.bbn2(self.b2(self.relu_b(self.bbn1(self.b1(y))))) + self.down(y)
+        z = self.relu_b(z)
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(z, 1), 1))
+
+
+def stepwise_snn(model: nn.Module, x: torch.Tensor, steps: int) -> torch.Tensor:
+    """An independent plain simulation: call the model once per time step as an ANN, with
+    every neuron replaced by a stateful one-step IF update (v0 = θ/2, fire on v ≥ θ, subtract
+    θ, emit θ), and average the outputs. It shares no code with the time-folded SNN."""
+    from robustsnn.snn import Neuron, named_neurons, using_time_steps
+
+    potentials: dict[int, torch.Tensor] = {}
+
+    def one_step(neuron: Neuron, z: torch.Tensor) -> torch.Tensor:
+        theta = neuron.threshold.detach()
+        if theta.dim() == 1:
+            theta = theta.view(-1, *([1] * (z.dim() - 2)))
+        v = potentials.get(id(neuron), theta / 2 + torch.zeros_like(z))
+        m = v + z
+        spikes = (m >= theta).to(z.dtype)
+        potentials[id(neuron)] = m - spikes * theta
+        return spikes * theta
+
+    neurons = [n for _, n in named_neurons(model)]
+    for n in neurons:
+        assert (n.initial_potential_mode, n.reset, n.spike_amplitude) == (
+            "half",
+            "subtract",
+            "threshold",
+        )
+        n.forward = lambda z, n=n: one_step(n, z)
+    try:
+        with torch.no_grad(), using_time_steps(model, 0):
+            outputs = [model(x) for _ in range(steps)]
+    finally:
+        for n in neurons:
+            del n.forward
+    return torch.stack(outputs).mean(0)
+
+
+def residual_qcfs_models(levels: int = 4):
+    """A from_torch residual network (BN kept) and a zoo ResNet, both QCFS with random BN."""
+    torch.manual_seed(11)
+    plain = ResidualDigits()
+    for m in plain.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.4)
+    neuron = {"activation": "qcfs", "levels": levels}
+    graph = from_torch(plain.eval(), (1, 8, 8), neuron=neuron, fold_bn=False)
+    zoo = create_model("resnet20", input_shape=(1, 8, 8), widths=(4, 6, 8), neuron=neuron).eval()
+    for model in (graph, zoo):
+        for index, (_, n) in enumerate(named_neurons(model)):
+            n.clip_value.data.fill_(0.6 + 0.2 * index)
+    return graph, zoo
+
+
+@pytest.mark.parametrize("which", ["from_torch", "zoo"])
+@pytest.mark.parametrize("steps", [1, 3, 8])
+def test_residual_snn_equals_a_plain_step_by_step_simulation(which, steps):
+    """Time folding, direct-coded input, the residual add / ConvexCombination, average
+    pooling, kept BN, θ-amplitude spikes, v0 = θ/2 and the mean readout together compute
+    exactly what a naive per-step loop computes (a bug in any of them breaks this)."""
+    graph, zoo = residual_qcfs_models()
+    model = graph if which == "from_torch" else zoo
+    x = torch.rand(5, 1, 8, 8, dtype=torch.float64)
+    snn = convert(model.double(), "qcfs", time_steps=steps)
+    with torch.no_grad():
+        folded = snn(x)
+    assert torch.allclose(folded, stepwise_snn(snn, x, steps), atol=1e-12, rtol=0)
+
+
+def test_qcfs_snn_at_large_t_approaches_the_clip_ann_not_the_quantised_ann():
+    """The rate of an IF neuron with v0 = θ/2 tends to clip(z, 0, θ) as T grows, not to the
+    QCFS staircase: a QCFS ANN whose activations sit mostly in its lowest bin (λ much larger
+    than typical currents, e.g. the papers' λ = 8 after a short training) converts well at
+    T = L and worse at large T. This is the measured cause of accuracy falling with T in the
+    conversion benchmark, not a simulation error."""
+    graph, _ = residual_qcfs_models()
+    graph = graph.double()
+    x = torch.rand(32, 1, 8, 8, dtype=torch.float64)
+    clip_ann = copy.deepcopy(graph)
+    for _, n in named_neurons(clip_ann):
+        n.configure(activation="clip")
+    with torch.no_grad():
+        quantised, clipped = graph(x), clip_ann(x)
+        snn = convert(graph, "qcfs", time_steps=1024)
+        far = snn(x)
+    gap = (quantised - clipped).abs().mean()
+    assert gap > 0.02
+    assert (far - clipped).abs().mean() < 0.02 * gap
 
 
 # ---- COS and SRP -----------------------------------------------------------------------------
