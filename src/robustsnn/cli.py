@@ -412,6 +412,41 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None
     console.print(f"report: {escape(str(path))}", highlight=False)
 
 
+@app.command()
+def compare(
+    runs: list[Path] = typer.Argument(..., help="Run directories (each with summary.json)."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table."),
+) -> None:
+    """Put runs side by side: clean and worst-case robust accuracy, training time, T, spikes."""
+    from robustsnn.compare import compare_runs, markdown_table
+
+    comparison = compare_runs(list(runs))
+    if markdown:
+        console.print(markdown_table(comparison), highlight=False, markup=False)
+        return
+    table = Table(title="runs side by side")
+    columns = ["run", "method", "clean %"] + [f"robust % ε={e}" for e in comparison["eps"]]
+    for column in columns + ["train s", "T", "spikes/img"]:
+        table.add_column(escape(column))
+    for row in comparison["rows"]:
+        cells = [row["name"], row["method"], _percent(row["clean_accuracy"])]
+        cells += [_percent(row["robust"].get(e)) for e in comparison["eps"]]
+        cells += [_whole(row["training_wall_time_s"]), _number(row["time_steps"])]
+        cells.append(_whole(row["spikes_per_image"]))
+        table.add_row(*(escape(c) for c in cells))
+    console.print(table)
+    if not comparison["same_suite"]:
+        console.print("the runs were evaluated with different suites, samples or paths.")
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def _whole(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f}"
+
+
 # ---- conversion ------------------------------------------------------------------------------
 def _parse_time_steps(text: str) -> list[int]:
     try:

@@ -125,6 +125,54 @@ class EvaluationConfig:
 
 
 @dataclass
+class HireConfig:
+    """HIRE-SNN's open choices (see ``robustsnn.train.hire``); ``eps`` null: ``direct.eps``."""
+
+    periods: int = 2
+    eps: float | None = None
+    step_size: float | None = None
+    accumulate: bool = True
+    noise_gradient: str = "period"
+
+
+@dataclass
+class SparsityConfig:
+    """Gradient-sparsity regularisation: CE + weight·mean(FD²) with step h, optionally at PGD
+    examples (``adversarial``, with ``direct.eps`` and ``direct.steps``)."""
+
+    weight: float = 0.005
+    h: float = 0.01
+    adversarial: bool = False
+
+
+@dataclass
+class DirectConfig:
+    """Direct SNN training with BPTT (``method: direct``): ``objective`` ce, pgd_at, trades,
+    hire or sr; ``init`` scratch (a fresh model) or converted (the ANN and conversion stages
+    first: the hybrid variant); ``encoding`` direct or poisson (rate coding)."""
+
+    objective: str = "ce"
+    init: str = "scratch"
+    time_steps: int = 8
+    encoding: str = "direct"
+    surrogate: str = "triangle:1.0"
+    trainable_threshold: bool = False
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    eps: float = 2 / 255
+    steps: int = 10
+    step_size: float | None = None
+    beta: float = 6.0
+    hire: HireConfig = field(default_factory=HireConfig)
+    sr: SparsityConfig = field(default_factory=SparsityConfig)
+
+
+@dataclass
 class EnergyConfig:
     enabled: bool = True
     preset: str = "45nm-fp32"
@@ -136,6 +184,7 @@ class EnergyConfig:
 class RunConfig:
     name: str = "run"
     seed: int = 0
+    method: str = "conversion"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     ann: TrainConfig = field(default_factory=TrainConfig)
@@ -143,6 +192,7 @@ class RunConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     energy: EnergyConfig = field(default_factory=EnergyConfig)
+    direct: DirectConfig = field(default_factory=DirectConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -159,6 +209,13 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "finetune.inner": ("rfgsm", "fgsm", "pgd"),
     "evaluation.attack": ("fgsm", "rfgsm", "pgd"),
     "energy.preset": ("45nm-fp32", "45nm-int32", "45nm-fp16", "45nm-int8"),
+    "method": ("conversion", "direct"),
+    "direct.objective": ("ce", "pgd_at", "trades", "hire", "sr"),
+    "direct.init": ("scratch", "converted"),
+    "direct.encoding": ("direct", "poisson"),
+    "direct.optimizer": ("sgd", "adam"),
+    "direct.schedule": ("cosine", "step", "none"),
+    "direct.hire.noise_gradient": ("period", "updated"),
 }
 _POSITIVE_INT = {
     "ann.epochs",
@@ -171,8 +228,13 @@ _POSITIVE_INT = {
     "evaluation.batch_size",
     "evaluation.sweep_samples",
     "energy.samples",
+    "direct.time_steps",
+    "direct.epochs",
+    "direct.batch_size",
+    "direct.steps",
+    "direct.hire.periods",
 }
-_EPS_KEYS = {"ann.eps", "ann.step_size", "finetune.eps", "finetune.step_size"}
+_EPS_KEYS = {"ann.eps", "ann.step_size", "finetune.eps", "finetune.step_size", "direct.hire.eps"}
 
 
 def _convert(value: Any, hint: Any, key: str) -> Any:
@@ -250,6 +312,7 @@ def validate(config: RunConfig) -> RunConfig:
         if flat[key] < 1:
             what = "an SNN stage needs T >= 1" if key == "conversion.time_steps" else "must be >= 1"
             raise ConfigError(f"{key}: {what}, got {flat[key]}")
+    _check_direct(config)
     for key in ("ann.lr", "finetune.lr"):
         if flat[key] <= 0:
             raise ConfigError(f"{key}: must be > 0, got {flat[key]}")
@@ -269,6 +332,27 @@ def validate(config: RunConfig) -> RunConfig:
             raise ConfigError(f"{key}: must be >= 1 or null, got {flat[key]}")
     _check_names(config)
     return config
+
+
+def _check_direct(config: RunConfig) -> None:
+    """Values of the ``direct`` section that types and choices alone cannot check."""
+    d = config.direct
+    if d.lr <= 0:
+        raise ConfigError(f"direct.lr: must be > 0, got {d.lr}")
+    for key, value in (
+        ("direct.weight_decay", d.weight_decay),
+        ("direct.beta", d.beta),
+        ("direct.sr.weight", d.sr.weight),
+    ):
+        if value < 0:
+            raise ConfigError(f"{key}: must be >= 0, got {value}")
+    if d.sr.h <= 0:
+        raise ConfigError(f"direct.sr.h: must be > 0, got {d.sr.h}")
+    if d.objective == "hire" and d.time_steps % d.hire.periods:
+        raise ConfigError(
+            f"direct.hire.periods: must divide direct.time_steps = {d.time_steps}, "
+            f"got {d.hire.periods}"
+        )
 
 
 def _check_names(config: RunConfig) -> None:
@@ -291,6 +375,10 @@ def _check_names(config: RunConfig) -> None:
         expand_paths([config.finetune.surrogate])
     except ValueError as err:
         raise ConfigError(f"evaluation.paths / finetune.surrogate: {err}") from None
+    try:
+        expand_paths([config.direct.surrogate])
+    except ValueError as err:
+        raise ConfigError(f"direct.surrogate: {err}") from None
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

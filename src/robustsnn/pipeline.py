@@ -314,6 +314,10 @@ def write_report(run_dir: str | Path) -> Path:
     if not rd.summary_path.exists():
         raise FileNotFoundError(f"no summary.json in {rd.path}: run the pipeline first")
     summary = json.loads(rd.summary_path.read_text())
+    if summary.get("method") == "direct":
+        from robustsnn.pipeline_direct import write_direct_report
+
+        return write_direct_report(rd.path)
     config = None
     if rd.config_path.exists():
         config = config_from_dict(yaml.safe_load(rd.config_path.read_text()))
@@ -336,7 +340,15 @@ def run(
     resume: bool = False,
     callbacks: Callbacks | None = None,
 ) -> dict[str, Any]:
-    """Run every stage of ``config`` into ``run_dir``; return the summary (also written)."""
+    """Run every stage of ``config`` into ``run_dir``; return the summary (also written).
+
+    A config with ``method: direct`` trains one SNN directly instead
+    (:func:`robustsnn.pipeline_direct.run_direct`).
+    """
+    if config.method == "direct":
+        from robustsnn.pipeline_direct import run_direct
+
+        return run_direct(config, run_dir, force=force, resume=resume, callbacks=callbacks)
     cb = callbacks or Callbacks()
     rd = RunDir.create(Path(run_dir))
     atomic_write_text(rd.config_path, config.to_yaml())

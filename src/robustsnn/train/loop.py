@@ -220,7 +220,10 @@ def fit(
         model: any ``nn.Module`` mapping a batch to logits; it stays on its device.
         train_set: the training images (in [0, 1]) and labels.
         objective: from :func:`~robustsnn.train.objectives.make_objective` (or any callable
-            ``(model, x, y, generator) -> (loss, metrics)``).
+            ``(model, x, y, generator) -> (loss, metrics)``). An objective with a
+            ``train_step(model, x, y, generator, optimizer) -> (loss, metrics)`` method makes
+            its own optimizer steps for a batch (HIRE-SNN makes one per period); the loop
+            then only checks the returned (detached) loss.
         epochs: total number of epochs of the run (also the cosine period).
         batch_size: training batch size; the last batch may be smaller.
         optimizer: ``sgd`` (with ``momentum``) or ``adam``; weight decay on every parameter.
@@ -243,6 +246,7 @@ def fit(
     device = model_device(model)
     opt = make_optimizer(model, optimizer, lr, momentum, weight_decay)
     describe = getattr(objective, "describe", None)
+    own_steps = getattr(objective, "train_step", None)
     settings = {
         "objective": describe() if callable(describe) else type(objective).__qualname__,
         "optimizer": optimizer,
@@ -298,15 +302,19 @@ def fit(
                 device=device,
             )
             for index, (x, y) in enumerate(loader):
-                loss, metrics = objective(model, time_major(x), y, noise)
+                if own_steps is not None:
+                    loss, metrics = own_steps(model, time_major(x), y, noise, opt)
+                else:
+                    loss, metrics = objective(model, time_major(x), y, noise)
                 if not torch.isfinite(loss):
                     raise ValueError(
                         f"training diverged: the loss is {loss.item()} at epoch {epoch + 1}, "
                         f"batch {index + 1}; lower the learning rate"
                     )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                if own_steps is None:
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
                 for key, value in metrics.items():
                     sums[key] = sums.get(key, 0.0) + float(value) * len(y)
                 seen += len(y)

@@ -1,0 +1,263 @@
+"""The ``method: direct`` job: train an SNN directly with BPTT, evaluate it, write the run.
+
+``run_direct(config, run_dir)`` is what :func:`robustsnn.pipeline.run` does for a config with
+``method: direct``. It trains one SNN (:func:`robustsnn.train.train_direct`) from scratch, or
+(``direct.init: converted``, the hybrid variants) from the SNN converted from the config's ANN
+stage, then evaluates it with the configured suite like every pipeline stage. The summary has
+the pipeline's shape (``stages.snn_direct.clean_accuracy``, ``robust[eps]``) plus ``method``,
+``objective``, ``encoding``, ``time_steps``, ``training_wall_time_s`` (every training stage,
+conversion included) and ``spikes_per_image``, which is what ``robustsnn compare`` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robustsnn.config import RunConfig
+from robustsnn.io import (
+    RunDir,
+    append_jsonl,
+    atomic_write_json,
+    atomic_write_text,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+STAGE = "snn_direct"
+CHECKPOINT = "snn"
+
+
+def _fresh_model(config: RunConfig, info) -> torch.nn.Module:
+    from robustsnn.pipeline import build_model
+
+    if config.direct.encoding == "direct":
+        return build_model(config, info)
+    kwargs = dict(config.model.kwargs)
+    kwargs["encoding"] = config.direct.encoding
+    return build_model(_with_model_kwargs(config, kwargs), info)
+
+
+def _with_model_kwargs(config: RunConfig, kwargs: dict[str, Any]) -> RunConfig:
+    import copy
+
+    changed = copy.deepcopy(config)
+    changed.model.kwargs = kwargs
+    return changed
+
+
+def _converted_model(config: RunConfig, train, test, rd: RunDir, resume: bool, cb, wall: dict):
+    """The hybrid start: the config's ANN stage (trained or loaded), then its conversion."""
+    from robustsnn.pipeline import _convert, _train_ann, build_model
+
+    stem = rd.path / "ann"
+    start = time.perf_counter()
+    if Path(f"{stem}.safetensors").exists():
+        ann, meta = load_checkpoint(stem)
+        wall["ann"] = meta.get("wall_time_s")
+    else:
+        cb.stage("ann", "running")
+        ann = build_model(config, train.info)
+        _train_ann(config, ann, train, test, rd, resume, cb)
+        wall["ann"] = time.perf_counter() - start
+        save_checkpoint(ann, stem, {"stage": "ann", "run": config.name, "wall_time_s": wall["ann"]})
+    cb.stage("snn_converted", "running")
+    start = time.perf_counter()
+    snn = _convert(config, ann, train)
+    wall["snn_converted"] = time.perf_counter() - start
+    if config.direct.encoding != "direct":
+        snn.encoding = config.direct.encoding
+    return snn
+
+
+def _train(config: RunConfig, model, train, test, rd: RunDir, resume: bool, cb):
+    from robustsnn.pipeline import _augment
+    from robustsnn.train import HireOptions, SparsityOptions, train_direct
+
+    d = config.direct
+    return train_direct(
+        model,
+        train,
+        method=d.objective,
+        time_steps=d.time_steps,
+        surrogate=d.surrogate,
+        trainable_threshold=d.trainable_threshold,
+        eps=d.eps,
+        steps=d.steps,
+        step_size=d.step_size,
+        beta=d.beta,
+        hire=HireOptions(**vars(d.hire)),
+        sparsity=SparsityOptions(**vars(d.sr)),
+        epochs=d.epochs,
+        batch_size=d.batch_size,
+        optimizer=d.optimizer,
+        lr=d.lr,
+        momentum=d.momentum,
+        weight_decay=d.weight_decay,
+        schedule=d.schedule,
+        augment=_augment(config, train.info),
+        seed=config.seed,
+        checkpoint_dir=rd.path / "train" / "direct",
+        resume=resume,
+        eval_set=test,
+        callbacks=cb.train,
+    )
+
+
+def spikes_per_image(model: torch.nn.Module, images: torch.Tensor) -> float:
+    """Spikes of every neuron per image at the model's own T (a forward without gradients)."""
+    from robustsnn.energy import count_operations
+
+    return float(count_operations(model, images).spikes_per_image)
+
+
+def run_direct(
+    config: RunConfig,
+    run_dir: str | Path,
+    *,
+    force: bool = False,
+    resume: bool = False,
+    callbacks: Any = None,
+) -> dict[str, Any]:
+    """Train, evaluate and report one directly trained SNN; return the summary (also written)."""
+    from robustsnn.pipeline import (
+        Callbacks,
+        _load_data,
+        _strongest_path,
+        accuracy_vs_time_steps,
+        eps_sweep,
+        evaluate_stage,
+        evaluation_suite,
+    )
+
+    cb = callbacks or Callbacks()
+    rd = RunDir.create(Path(run_dir))
+    atomic_write_text(rd.config_path, config.to_yaml())
+    torch.manual_seed(config.seed)
+    suite_name = evaluation_suite(config).name  # a bad suite stops the run before training
+    train, test = _load_data(config)
+    d = config.direct
+    wall: dict[str, Any] = {}
+    stem = rd.path / CHECKPOINT
+    if not force and Path(f"{stem}.safetensors").exists():
+        cb.stage(STAGE, "loaded")
+        model, meta = load_checkpoint(stem)
+        wall.update(meta.get("training_wall_time_s", {}))
+    else:
+        if d.init == "converted":
+            model = _converted_model(config, train, test, rd, resume, cb, wall)
+        else:
+            model = _fresh_model(config, train.info)
+        cb.stage(STAGE, "running")
+        start = time.perf_counter()
+        result = _train(config, model, train, test, rd, resume, cb)
+        wall[STAGE] = time.perf_counter() - start
+        metadata = {
+            "stage": STAGE,
+            "run": config.name,
+            "dataset": config.data.dataset,
+            "recipe": {"direct": config.to_dict()["direct"], "seed": config.seed},
+            "metrics": {"history": result.history},
+            "wall_time_s": wall[STAGE],
+            "training_wall_time_s": dict(wall),
+        }
+        save_checkpoint(model, stem, metadata)
+        append_jsonl(rd.log_path, {"stage": STAGE, "event": "done", "wall_time_s": wall[STAGE]})
+
+    cb.stage(f"evaluate {STAGE}", "running")
+    start = time.perf_counter()
+    model.eval()
+    result = evaluate_stage(
+        model,
+        test,
+        config,
+        is_snn=True,
+        diagnostics=True,
+        results_path=rd.eval_dir / STAGE / f"{suite_name}.json",
+        progress=cb.evaluation,
+    )
+    result["time_steps"] = d.time_steps
+    if config.evaluation.sweep_eps:
+        result["eps_sweep"] = eps_sweep(model, test, config, _strongest_path(result))
+    if config.evaluation.time_steps_curve:
+        result["accuracy_vs_time_steps"] = accuracy_vs_time_steps(model, test, config)
+    spikes = spikes_per_image(model, test.images[: config.energy.samples])
+    result["spikes_per_image"] = spikes
+    evaluation_time = time.perf_counter() - start
+    summary: dict[str, Any] = {
+        "name": config.name,
+        "dataset": config.data.dataset,
+        "model": config.model.name,
+        "method": "direct",
+        "objective": d.objective,
+        "init": d.init,
+        "encoding": d.encoding,
+        "time_steps": d.time_steps,
+        "stages": {STAGE: result},
+        "wall_time_s": {**wall, f"evaluate_{STAGE}": evaluation_time},
+        "training_wall_time_s": sum(v for v in wall.values() if v is not None),
+        "spikes_per_image": spikes,
+    }
+    if config.energy.enabled:
+        from robustsnn.energy import energy_report
+
+        summary["energy"] = energy_report(
+            model,
+            test.images[: config.energy.samples],
+            time_steps=config.energy.time_steps or [d.time_steps],
+            preset=config.energy.preset,
+        )
+    atomic_write_json(rd.summary_path, summary)
+    write_direct_report(rd.path)
+    return summary
+
+
+def describe_method(config: RunConfig) -> str:
+    """One sentence on how the SNN was trained (for the report)."""
+    d = config.direct
+    start = "from the converted SNN of the ANN stage" if d.init == "converted" else "from scratch"
+    text = {
+        "ce": "cross-entropy",
+        "pgd_at": f"end-to-end PGD-AT (ε = {d.eps:.4g}, {d.steps} steps)",
+        "trades": f"end-to-end TRADES (β = {d.beta}, ε = {d.eps:.4g}, {d.steps} steps)",
+        "hire": (
+            f"HIRE-SNN ({d.hire.periods} periods, noise bound "
+            f"{d.eps if d.hire.eps is None else d.hire.eps:.4g}, gradient: {d.hire.noise_gradient})"
+        ),
+        "sr": (
+            f"gradient-sparsity regularisation (λ = {d.sr.weight}, h = {d.sr.h}"
+            + (f", at PGD examples ε = {d.eps:.4g})" if d.sr.adversarial else ")")
+        ),
+    }[d.objective]
+    return (
+        f"Direct SNN training {start} with BPTT through `{d.surrogate}`: {text}; "
+        f"{d.epochs} epochs, T = {d.time_steps}, {d.encoding} coding."
+    )
+
+
+def write_direct_report(run_dir: str | Path) -> Path:
+    """Render ``report.md``, ``report.html`` and plots of a direct run from its JSON."""
+    import yaml
+
+    from robustsnn.config import config_from_dict
+    from robustsnn.report import markdown_to_html, render_plots, render_report
+
+    rd = RunDir(Path(run_dir))
+    summary = json.loads(rd.summary_path.read_text())
+    plots = render_plots(summary, rd.plots_dir)
+    relative = {name: str(path.relative_to(rd.path)) for name, path in plots.items()}
+    markdown = render_report(summary, None, relative)
+    if rd.config_path.exists():
+        config = config_from_dict(yaml.safe_load(rd.config_path.read_text()))
+        head, _, rest = markdown.partition("\n\n")
+        markdown = f"{head}\n\n{describe_method(config)}\n\n{rest}"
+    atomic_write_text(rd.report_path, markdown)
+    atomic_write_text(
+        rd.path / "report.html",
+        markdown_to_html(markdown, rd.path, title=f"robustsnn run {summary.get('name', '')}"),
+    )
+    return rd.report_path
