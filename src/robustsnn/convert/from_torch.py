@@ -561,8 +561,8 @@ def convert_checkpoint(
     conversion settings (:func:`~robustsnn.convert.low_latency.conversion_metadata`) and
     returns ``{"recipe", "dataset", "latency_offset", "accuracy": {T: acc}, "checkpoint"}``
     with the accuracy after each T of ``time_steps`` on the test split (first ``eval_size``
-    images, or all). ``options`` (a dict) go to the recipe; the recipe, its options and T are checked
-    before anything is loaded (ValueError).
+    images, or all). ``options`` (a dict) go to the recipe; the recipe, its options and T are
+    checked before anything is loaded (ValueError).
     """
     from robustsnn.convert.low_latency import (
         accuracy_vs_time,
@@ -585,7 +585,7 @@ def convert_checkpoint(
     dataset = dataset or meta.get("dataset")
     if not dataset:
         raise ValueError(
-            f"{path}: the checkpoint records no dataset; name the one it was trained on"
+            f"{path}: the checkpoint records no dataset; name it (dataset=..., --dataset NAME)"
         )
     calibration = load_dataset(dataset, "train", root).take(calibration_size)
     test = load_dataset(dataset, "test", root)
