@@ -59,7 +59,8 @@ def _resolve(target: Path) -> tuple[Path, RunDir | None]:
         raise FileNotFoundError(f"no checkpoint at {target} (need {tensors.name} and {meta.name})")
     stem = tensors.with_suffix("")
     parent = RunDir(stem.parent)
-    if parent.summary_path.exists() and _resolve(parent.path)[0] == stem:
+    final = stem.name in _RUN_MODELS and _resolve(parent.path)[0] == stem
+    if final and parent.summary_path.exists():
         return stem, parent  # the run's final SNN: the same as naming the run
     return stem, None
 
