@@ -296,6 +296,7 @@ def robust_comparison(args, train, test, calibration) -> dict[str, Any]:
         "paths": ROBUST_PATHS,
         "samples": len(samples),
         "training": "PGD-AT (5 steps) at the same eps",
+        "qcfs_lambda_init": ARCHITECTURES["small_cnn"]["qcfs_lambda"],
         "results": rows,
     }
 
