@@ -352,6 +352,7 @@ def main() -> int:
             "robust",
             "resnet_mini_with_paper_lambda_init",
             "small_cnn_with_paper_lambda_init",
+            "exploration_resnet_mini_qcfs",
         ):
             if key in previous:
                 results[key] = previous[key]
