@@ -338,3 +338,38 @@ def test_compare_command_prints_the_table_and_refuses_a_missing_run(tmp_path) ->
     assert "direct:hire" in result.output and "92.0" in result.output
     missing = runner.invoke(app, ["compare", str(tmp_path / "nothing")])
     assert missing.exit_code != 0
+
+
+# ---- the run -------------------------------------------------------------------------------
+def test_direct_run_writes_a_summary_that_compare_reads(tmp_path) -> None:
+    from robustsnn.pipeline import run
+
+    config = load_config(
+        "mnist5k_hire",
+        {
+            "data.dataset": "digits",
+            "data.train_samples": 32,
+            "data.test_samples": 8,
+            "direct.epochs": 1,
+            "direct.time_steps": 2,
+            "direct.hire.periods": 2,
+            "evaluation.samples": 8,
+            "evaluation.paths": ["triangle:1.0"],
+            "evaluation.steps": 2,
+            "evaluation.time_steps_curve": [1, 2],
+            "evaluation.options": {"diagnostics": False},
+            "energy.enabled": False,
+            "energy.samples": 4,
+        },
+    )
+    summary = run(config, tmp_path / "hire")
+    stage = summary["stages"]["snn_direct"]
+    assert summary["method"] == "direct" and summary["objective"] == "hire"
+    assert summary["time_steps"] == 2 and summary["spikes_per_image"] > 0
+    assert summary["training_wall_time_s"] > 0
+    assert set(stage["robust"]) == {"0.1"} and "per_member" in stage["robust"]["0.1"]
+    assert (tmp_path / "hire" / "report.md").read_text().count("HIRE-SNN") == 1
+    row = compare_runs([tmp_path / "hire"])["rows"][0]
+    assert row["method"] == "direct:hire" and row["clean_accuracy"] == stage["clean_accuracy"]
+    again = run(config, tmp_path / "hire")  # the checkpoint is loaded, not retrained
+    assert again["training_wall_time_s"] == pytest.approx(summary["training_wall_time_s"])

@@ -156,6 +156,8 @@ def run_direct(
         start = time.perf_counter()
         result = _train(config, model, train, test, rd, resume, cb)
         wall[STAGE] = time.perf_counter() - start
+        if result.resumed_from is not None:  # count the epochs of the interrupted call too
+            wall[STAGE] = max(wall[STAGE], sum(r.get("seconds", 0.0) for r in result.history))
         metadata = {
             "stage": STAGE,
             "run": config.name,
