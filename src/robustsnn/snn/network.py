@@ -6,18 +6,21 @@ A :class:`SpikingNetwork` is an ordinary ``nn.Module`` whose activations are
 the batch (``[T·B, ...]``); each neuron unfolds time internally. Static images are fed by
 direct coding (everything before the first neuron is computed once and broadcast over T) or by
 Poisson rate coding; event data arrives as ``[T, B, ...]``. The readout is the mean over T of
-the last layer's outputs.
+the last layer's outputs. A forward at T > 0 that records a graph keeps spike maps in one
+byte for the backward pass (:mod:`robustsnn.snn.compact`).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 from torch import nn
 
+from robustsnn.snn.compact import compact_activations
 from robustsnn.snn.neuron import Neuron
 from robustsnn.snn.paths import GradientPath, parse_path
 
@@ -111,8 +114,10 @@ class SpikingNetwork(nn.Module):
             batch = static_batch = x.shape[0]
         for n in neurons:
             n._static_batch = static_batch
+        compact = compact_activations(self) if torch.is_grad_enabled() else nullcontext()
         try:
-            out = self.forward_body(x)
+            with compact:
+                out = self.forward_body(x)
         finally:
             for n in neurons:
                 n._static_batch = None

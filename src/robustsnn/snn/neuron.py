@@ -9,10 +9,11 @@ integrate-and-fire neuron on time-folded input ``[T·B, ...]``:
     v_t ← v_t - s_t·θ             (reset "subtract")   or   v_t·(1 - s_t)   (reset "zero")
     out_t = s_t · amplitude       (amplitude 1 or θ)
 
-The whole time loop is one autograd function: it keeps only the membrane potentials and the
-output spikes for the backward pass and runs the chosen gradient path by hand, which keeps
-BPTT fast and its memory small. Membrane state lives in local variables of each call, so two
-identical calls give identical outputs.
+The whole time loop is one autograd function (:mod:`robustsnn.snn.bptt`) that runs the chosen
+gradient path by hand and keeps little for the backward pass; inside a spiking network's
+forward, spike maps are saved in one byte and a batch norm's output is recomputed rather
+than stored (:mod:`robustsnn.snn.compact`). Membrane state lives in local variables of each
+call, so two identical calls give identical outputs.
 """
 
 from __future__ import annotations
@@ -22,138 +23,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustsnn.snn.bptt import Dynamics, IFFunction, simulate
+from robustsnn.snn.compact import active_store
 from robustsnn.snn.paths import GradientPath, parse_path
 
 ACTIVATIONS = ("relu", "clip", "qcfs")
 RESETS = ("subtract", "zero")
 INITIAL_POTENTIALS = ("zero", "half", "tensor")
 AMPLITUDES = ("unit", "threshold")
-
-
-def _reduce_to(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """Sum a broadcast gradient back to ``shape``."""
-    if grad.shape == shape:
-        return grad
-    lead = grad.dim() - len(shape)
-    grad = grad.sum(dim=tuple(range(lead))) if lead > 0 else grad
-    dims = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
-    return grad.sum(dim=dims, keepdim=True) if dims else grad
-
-
-def _simulate(
-    x: torch.Tensor,
-    threshold: torch.Tensor,
-    v0: torch.Tensor,
-    leak: float,
-    soft_reset: bool,
-    strict: bool,
-    amplitude_is_threshold: bool,
-    keep_membrane: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Run the IF recurrence over ``x[t]``; return spikes·amplitude, membranes, final potential."""
-    steps = x.shape[0]
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    membrane = torch.empty_like(out) if keep_membrane else None
-    v = v0.expand_as(x[0])
-    amplitude = threshold if amplitude_is_threshold else None
-    for t in range(steps):
-        m = x[t] + v if leak == 1.0 else x[t] + leak * v
-        if membrane is not None:
-            membrane[t] = m
-        fired = m > threshold if strict else m >= threshold
-        spikes = fired.to(x.dtype)
-        out[t] = spikes if amplitude is None else spikes * amplitude
-        v = m - spikes * threshold if soft_reset else m.masked_fill(fired, 0.0)
-    return out, membrane, v
-
-
-class _IFFunction(torch.autograd.Function):
-    """IF dynamics over all time steps with a hand-written backward for every gradient path."""
-
-    @staticmethod
-    def forward(ctx, x, threshold, v0, leak, soft_reset, strict, amp_threshold, path):
-        out, membrane, final = _simulate(
-            x, threshold, v0, leak, soft_reset, strict, amp_threshold, keep_membrane=True
-        )
-        ctx.leak, ctx.soft, ctx.amp, ctx.path = leak, soft_reset, amp_threshold, path
-        ctx.v0_shape = v0.shape
-        extra = torch.empty(0)
-        if path.kind == "rga":
-            extra = x.mean(0)
-        elif path.kind == "pdsg":
-            extra = _cumulative_std(membrane.detach())
-        ctx.save_for_backward(membrane, out, threshold, extra)
-        ctx.mark_non_differentiable(final)
-        return out, final
-
-    @staticmethod
-    def backward(ctx, grad_out, _grad_final):
-        membrane, out, threshold, extra = ctx.saved_tensors
-        path: GradientPath = ctx.path
-        amp = threshold if ctx.amp else 1.0
-        steps = membrane.shape[0]
-        need_theta = ctx.needs_input_grad[1]
-        need_v0 = ctx.needs_input_grad[2]
-
-        if path.is_rate:
-            if path.kind == "bptr":
-                slope = (out != 0).any(0).to(grad_out.dtype)
-            else:
-                slope = path.rate_slope(extra, threshold, ctx.leak)
-            grad_x = grad_out * (amp * slope)
-            return grad_x, None, None, None, None, None, None, None
-
-        grad_x = torch.empty_like(membrane)
-        grad_theta = torch.zeros_like(membrane[0]) if need_theta else None
-        dv = torch.zeros_like(membrane[0])
-        for t in reversed(range(steps)):
-            m = membrane[t]
-            fired = out[t] != 0
-            u = m - threshold
-            sg = path.surrogate(u, extra[t] if path.kind == "pdsg" else None)
-            g_spike = grad_out[t] * amp
-            if ctx.soft:
-                g_spike = g_spike - dv * threshold
-                dm = dv + g_spike * sg
-            else:
-                g_spike = g_spike - dv * m
-                dm = dv.masked_fill(fired, 0.0) + g_spike * sg
-            grad_x[t] = dm
-            if need_theta:
-                grad_theta -= g_spike * sg
-                if ctx.soft:
-                    grad_theta -= dv * fired
-                if ctx.amp:
-                    grad_theta += grad_out[t] * fired
-            dv = dm * ctx.leak if ctx.leak != 1.0 else dm
-        if need_theta:
-            grad_theta = _reduce_to(grad_theta, threshold.shape)
-        grad_v0 = _reduce_to(dv, ctx.v0_shape) if need_v0 else None
-        return grad_x, grad_theta, grad_v0, None, None, None, None, None
-
-
-def _cumulative_std(membrane: torch.Tensor) -> torch.Tensor:
-    """Per-channel std of all membrane potentials seen up to each step (PDSG).
-
-    ``membrane`` is ``[T, B, C, ...]`` (or ``[T, B, F]``); the result broadcasts against
-    ``membrane[t]`` for every t. A zero spread is replaced by 1. The potentials are first
-    shifted by one observed value per channel, so that the running sums do not cancel
-    catastrophically: a constant channel then gets exactly 0 (hence 1), not float noise.
-    """
-    steps, batch = membrane.shape[:2]
-    channels = membrane.shape[2] if membrane.dim() > 2 else 1
-    flat = membrane.reshape(steps, batch, channels, -1)
-    flat = flat - flat[:1, :1, :, :1]
-    count_per_step = batch * flat.shape[-1]
-    s1 = flat.sum(dim=(1, 3)).cumsum(0)
-    s2 = (flat * flat).sum(dim=(1, 3)).cumsum(0)
-    n = torch.arange(1, steps + 1, device=membrane.device, dtype=membrane.dtype)[:, None]
-    n = n * count_per_step
-    var = (s2 - s1 * s1 / n) / (n - 1).clamp_min(1)
-    std = var.clamp_min(0).sqrt()
-    std = torch.where(std > 0, std, torch.ones_like(std))
-    shape = (steps, 1, channels) + (1,) * (membrane.dim() - 3)
-    return std.reshape(shape)
 
 
 class _StraightThroughFloor(torch.autograd.Function):
@@ -343,31 +220,41 @@ class Neuron(nn.Module):
 
     def _spiking(self, x: torch.Tensor) -> torch.Tensor:
         steps = self.time_steps
-        if self._static_batch is not None and x.shape[0] == self._static_batch:
-            seq = x.unsqueeze(0).expand(steps, *x.shape)
+        static = self._static_batch is not None and x.shape[0] == self._static_batch
+        if static:
+            seq = x
         else:
             if x.shape[0] % steps:
                 raise ValueError(
                     f"neuron input has leading size {x.shape[0]}, not a multiple of T = {steps}"
                 )
             seq = x.reshape(steps, x.shape[0] // steps, *x.shape[1:])
-        per_sample = seq.dim() - 2
+        per_sample = seq.dim() - 1 if static else seq.dim() - 2
         theta = self.effective_threshold()
         if theta.dim() == 1:
             theta = theta.view(-1, *([1] * (per_sample - 1)))
         v0 = self._initial_potential(theta, per_sample).to(x.dtype)
-        soft = self.reset == "subtract"
         amp = self.spike_amplitude == "threshold"
+        dyn = Dynamics(
+            steps, static, self.leak, self.reset == "subtract", self.strict_firing, amp,
+            self.gradient_path,
+        )  # fmt: skip
         if torch.is_grad_enabled() and (
             seq.requires_grad or theta.requires_grad or v0.requires_grad
         ):
-            out, final = _IFFunction.apply(
-                seq, theta, v0, self.leak, soft, self.strict_firing, amp, self.gradient_path
-            )
+            store = active_store()
+            source = store.norm_source(x) if store is not None else None
+            source, recipe = source or (None, None)
+            pattern = None
+            if store is not None:
+                pattern = torch.empty(
+                    (steps, *dyn.step_shape(seq)), dtype=torch.bool, device=x.device
+                )
+            out, final = IFFunction.apply(seq, theta, v0, source, pattern, dyn, recipe)
+            if store is not None:
+                store.add_spikes(out, pattern, theta if amp else None)
         else:
-            out, _, final = _simulate(
-                seq, theta, v0, self.leak, soft, self.strict_firing, amp, keep_membrane=False
-            )
+            out, final = simulate(seq, dyn, theta, v0)
         self.final_potential = final.detach() if self.record_potential else None
         return out.reshape(-1, *out.shape[2:])
 
