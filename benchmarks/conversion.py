@@ -230,6 +230,14 @@ def robust_markdown(robust: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def write_markdown(path: Path, results: dict[str, Any]) -> None:
+    """The accuracy-vs-T table (and the robust table, when present) as a Markdown file."""
+    text = markdown(results)
+    if "robust" in results:
+        text += "\n\n" + robust_markdown(results["robust"])
+    atomic_write_text(path, text + "\n")
+
+
 def targets(results: dict[str, Any]) -> dict[str, Any]:
     """The issue's targets, checked per architecture."""
     checks = {}
@@ -361,6 +369,7 @@ def main() -> int:
         results = json.loads(args.out.read_text())
         results["robust"] = robust_comparison(args, train, test, calibration)
         atomic_write_json(args.out, results)
+        write_markdown(args.out.with_suffix(".md"), results)
         print(markdown(results))
         print(robust_markdown(results["robust"]))
         return 0
@@ -404,7 +413,7 @@ def main() -> int:
         "threads": args.threads,
     }
     atomic_write_json(args.out, results)
-    atomic_write_text(args.out.with_suffix(".md"), markdown(results) + "\n")
+    write_markdown(args.out.with_suffix(".md"), results)
     print(markdown(results))
     if "robust" in results:
         print(robust_markdown(results["robust"]))
