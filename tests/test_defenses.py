@@ -163,7 +163,7 @@ def test_sr_loss_is_ce_plus_weighted_mean_square_and_trains_both_passes() -> Non
     fd, logits = finite_difference_sensitivity(model, x, y, 0.01)
     expected = F.cross_entropy(logits, y) + 0.3 * (fd**2).mean()
     assert torch.allclose(loss, expected, atol=1e-6)
-    assert metrics["fd2"] == pytest.approx(float((fd**2).mean()), rel=1e-5)
+    assert metrics["fd2"] == pytest.approx(float((fd**2).mean().detach()), rel=1e-5)
     loss.backward()
     assert model[1].weight.grad is not None and model[1].weight.grad.abs().sum() > 0
 
