@@ -35,13 +35,24 @@ def main() -> int:
     parser.add_argument("--runs", type=Path, default=Path("runs/claims"))
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "claims_pipeline.json")
     parser.add_argument("--force", action="store_true", help="recompute existing runs")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--only",
+        choices=("robust", "ce"),
+        help="run one of the two pipelines and stop (two processes in parallel; a last call "
+        "without it finds both runs finished and writes the JSON)",
+    )
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
 
     overrides = {"evaluation.samples": args.samples}
     robust_cfg = load_config("demo", {**overrides, "name": "claims-robust"})
     ce_cfg = load_config("demo", {**overrides, "name": "claims-ce", "ann.objective": "ce"})
     start = time.perf_counter()
+    if args.only is not None:
+        config = robust_cfg if args.only == "robust" else ce_cfg
+        run(config, args.runs / args.only, force=args.force)
+        return 0
     robust = run(robust_cfg, args.runs / "robust", force=args.force)
     ce = run(ce_cfg, args.runs / "ce", force=args.force)
     eps = robust_cfg.ann.eps
@@ -90,6 +101,7 @@ def main() -> int:
             "samples": args.samples,
         },
         "time_steps": robust_cfg.conversion.time_steps,
+        "finetune": robust_cfg.to_dict()["finetune"],
         "robust_pipeline": robust,
         "ce_pipeline": ce,
         "claims": claims,

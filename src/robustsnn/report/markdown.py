@@ -41,7 +41,11 @@ def summary_table(summary: dict[str, Any]) -> str:
 
 
 def member_table(result: dict[str, Any]) -> str:
-    """Per-member accuracy of one stage's attack ensemble, per ε."""
+    """The attack ensemble of one stage, per ε: accuracy after each member, in the order run.
+
+    Members run only on the samples no earlier member fooled, so a row is the worst case over
+    that member and every member above it; ``fooled`` is how many samples it fooled there.
+    """
     robust = result.get("robust", {})
     if not robust:
         return ""
@@ -49,12 +53,26 @@ def member_table(result: dict[str, Any]) -> str:
     members: list[str] = []
     for r in robust.values():
         members += [m for m in r.get("per_member", {}) if m not in members]
-    head = ["member"] + [f"ε={k}" for k in eps_keys]
+    fooled = {
+        k: {row["name"]: row.get("fooled") for row in robust[k].get("members", [])}
+        for k in eps_keys
+    }
+    head = ["member (in the order run)"]
+    for k in eps_keys:
+        head += [f"ε={k}: accuracy after it %", "fooled"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in members:
-        cells = [m] + [_pct(robust[k].get("per_member", {}).get(m)) for k in eps_keys]
+        cells = [m]
+        for k in eps_keys:
+            count = fooled[k].get(m)
+            cells += [
+                _pct(robust[k].get("per_member", {}).get(m)),
+                "–" if count is None else str(count),
+            ]
         lines.append("| " + " | ".join(cells) + " |")
-    worst = ["**worst case**"] + [_pct(robust[k].get("worst_case_accuracy")) for k in eps_keys]
+    worst = ["**worst case**"]
+    for k in eps_keys:
+        worst += [_pct(robust[k].get("worst_case_accuracy")), ""]
     lines.append("| " + " | ".join(worst) + " |")
     return "\n".join(lines)
 

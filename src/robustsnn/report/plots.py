@@ -87,24 +87,43 @@ def plot_accuracy_vs_time_steps(summary: dict[str, Any], path: Path):
 
 
 def plot_members(summary: dict[str, Any], path: Path):
-    """Per-member accuracy of the attack ensemble at each ε, with the worst case."""
+    """The attack ensemble of every SNN stage: worst-case accuracy after each member.
+
+    Bars follow the order the members ran (each only on samples not fooled before), so each
+    bar is the running worst case; the label on a bar is how many samples that member fooled.
+    The axis starts below the worst case so that small steps stay visible.
+    """
     plt = _pyplot()
     stages = [s for s, r in summary.get("stages", {}).items() if s != "ann" and r.get("robust")]
+    width = max(1, len(stages))
     fig, axes = plt.subplots(
-        1, max(1, len(stages)), figsize=(5.5 * max(1, len(stages)), 3.8), squeeze=False
+        1, width, figsize=(6.5 * width, 4.2), squeeze=False, constrained_layout=True
     )
     for ax, stage in zip(axes[0], stages, strict=False):
-        robust = summary["stages"][stage]["robust"]
+        result = summary["stages"][stage]
+        robust = result["robust"]
         key = next(iter(robust))
         members = robust[key]["per_member"]
+        fooled = {row["name"]: row.get("fooled") for row in robust[key].get("members", [])}
         names = [*members, "worst case"]
         values = [100 * v for v in members.values()] + [100 * robust[key]["worst_case_accuracy"]]
+        clean = 100 * result.get("clean_accuracy", max(values) / 100)
         colours = ["tab:blue"] * len(members) + ["tab:red"]
         ax.barh(names, values, color=colours)
-        ax.set_xlim(0, 100)
-        ax.set_xlabel(f"robust accuracy (%) at ε = {key}")
-        ax.set_title(STAGE_LABELS.get(stage, stage))
+        low = max(0.0, min(values) - max(5.0, 0.25 * (clean - min(values))))
+        ax.set_xlim(low, min(100.0, max(clean, *values) + 1.0))
+        ax.axvline(clean, color="grey", linestyle="--", linewidth=1, label="clean accuracy")
+        for y, name in enumerate(members):
+            if fooled.get(name) is not None:
+                ax.annotate(
+                    f"−{fooled[name]}", (values[y], y), xytext=(3, 0),
+                    textcoords="offset points", va="center", fontsize=7,
+                )  # fmt: skip
+        ax.set_xlabel(f"accuracy (%) after each member at ε = {key} (running worst case)")
+        ax.set_title(f"{STAGE_LABELS.get(stage, stage)}: attack members in the order run")
+        ax.tick_params(axis="y", labelsize=8)
         ax.invert_yaxis()
+        ax.legend(fontsize=7, loc="lower right")
     _save(fig, path)
     plt.close(fig)
     return path
