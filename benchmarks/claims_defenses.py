@@ -220,8 +220,9 @@ def claims(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "end_to_end_worst_case": pgdat["worst_case"],
         "pipeline_time_fraction": half,
         "holds": pipe["worst_case"] >= pgdat["worst_case"] and half <= 0.5,
-        "caveat": "the pipeline's wall time was measured when its run was made, under another "
-        "load of this shared machine",
+        "caveat": "the pipeline's wall time is the sum its checkpoints recorded when its run was "
+        "made (see the pipeline row's note); compare like with like: run it and the direct "
+        "methods with the same threads and the same number of processes at a time",
     }
 
     def gap(row: dict[str, Any]) -> float:

@@ -10,6 +10,7 @@ per-sample worst case of PGD through the configured gradient paths at the traini
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
 import time
@@ -27,6 +28,14 @@ ROOT = Path(__file__).resolve().parent
 
 def worst(summary: dict, stage: str, eps_key: str) -> float:
     return summary["stages"][stage]["robust"][eps_key]["worst_case_accuracy"]
+
+
+def finished_or_run(config, run_dir: Path, force: bool) -> dict:
+    """The run's summary.json if the run finished (and ``force`` is off), else run it."""
+    summary = run_dir / "summary.json"
+    if summary.exists() and not force:
+        return json.loads(summary.read_text())
+    return run(config, run_dir, force=force)
 
 
 def main() -> int:
@@ -53,8 +62,8 @@ def main() -> int:
         config = robust_cfg if args.only == "robust" else ce_cfg
         run(config, args.runs / args.only, force=args.force)
         return 0
-    robust = run(robust_cfg, args.runs / "robust", force=args.force)
-    ce = run(ce_cfg, args.runs / "ce", force=args.force)
+    robust = finished_or_run(robust_cfg, args.runs / "robust", args.force)
+    ce = finished_or_run(ce_cfg, args.runs / "ce", args.force)
     eps = robust_cfg.ann.eps
     key = f"{eps:.6g}"
     if key not in robust["stages"]["ann"]["robust"]:
