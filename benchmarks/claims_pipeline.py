@@ -77,18 +77,24 @@ def main() -> int:
     snn_clean = robust["stages"]["snn_finetuned"]["clean_accuracy"]
     claims = {
         "finetuned_snn_within_3_points_of_robust_ann": {
-            "finetuned_snn": finetuned, "robust_ann": ann_robust,
+            "finetuned_snn": finetuned,
+            "robust_ann": ann_robust,
             "pass": finetuned >= ann_robust - 0.03,
         },
         "finetuning_raises_snn_robustness": {
-            "converted_snn": converted, "finetuned_snn": finetuned, "pass": finetuned > converted,
+            "converted_snn": converted,
+            "finetuned_snn": finetuned,
+            "pass": finetuned > converted,
         },
         "ce_pretrained_pipeline_20_points_less_robust": {
-            "robust_pipeline": finetuned, "ce_pipeline": ce_finetuned,
-            "gap": finetuned - ce_finetuned, "pass": finetuned - ce_finetuned >= 0.20,
+            "robust_pipeline": finetuned,
+            "ce_pipeline": ce_finetuned,
+            "gap": finetuned - ce_finetuned,
+            "pass": finetuned - ce_finetuned >= 0.20,
         },
         "finetuned_snn_clean_within_2_points_of_robust_ann": {
-            "finetuned_snn": snn_clean, "robust_ann": ann_clean,
+            "finetuned_snn": snn_clean,
+            "robust_ann": ann_clean,
             "pass": abs(snn_clean - ann_clean) <= 0.02,
         },
     }
