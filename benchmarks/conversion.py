@@ -325,6 +325,9 @@ def main() -> int:
     parser.add_argument(
         "--merge", action="store_true", help="update the rows run here in an existing --out JSON"
     )
+    parser.add_argument(
+        "--presim-steps", type=int, default=4, help="COS ρ / SRP τ (pre-simulation steps)"
+    )
     parser.add_argument("--robust-eps", type=float, default=0.1, help="0: skip the PGD part")
     parser.add_argument("--robust-samples", type=int, default=200)
     parser.add_argument(
@@ -332,6 +335,8 @@ def main() -> int:
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    for recipe in ("cos", "srp"):
+        RECIPES[recipe][1]["presim_steps"] = args.presim_steps
     args.runs.mkdir(parents=True, exist_ok=True)
     train = load_dataset("mnist5k", "train")
     test = load_dataset("mnist5k", "test")
