@@ -60,7 +60,7 @@ def main() -> int:
     start = time.perf_counter()
     if args.only is not None:
         config = robust_cfg if args.only == "robust" else ce_cfg
-        run(config, args.runs / args.only, force=args.force)
+        finished_or_run(config, args.runs / args.only, args.force)
         return 0
     robust = finished_or_run(robust_cfg, args.runs / "robust", args.force)
     ce = finished_or_run(ce_cfg, args.runs / "ce", args.force)

@@ -136,6 +136,14 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+def recipe_options(recipe: str, args) -> dict[str, Any]:
+    """The recipe's options, with COS ρ / SRP τ from ``--presim-steps``."""
+    options = dict(RECIPES[recipe][1])
+    if "presim_steps" in options:
+        options["presim_steps"] = args.presim_steps
+    return options
+
+
 def neuron_settings(activation: str, levels: int, arch: str) -> dict[str, Any]:
     spec = ARCHITECTURES[arch]
     if activation == "qcfs":
@@ -335,8 +343,6 @@ def main() -> int:
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    for recipe in ("cos", "srp"):
-        RECIPES[recipe][1]["presim_steps"] = args.presim_steps
     args.runs.mkdir(parents=True, exist_ok=True)
     train = load_dataset("mnist5k", "train")
     test = load_dataset("mnist5k", "test")
@@ -351,7 +357,7 @@ def main() -> int:
             "lr": args.lr,
             "seed": args.seed,
             "calibration_images": args.calibration,
-            "recipes": {name: opts for name, (_, opts) in RECIPES.items()},
+            "recipes": {name: recipe_options(name, args) for name in RECIPES},
             "qcfs_lambda_init": {k: v["qcfs_lambda"] for k, v in ARCHITECTURES.items()},
             "clip_lambda_init": {k: v["clip_lambda"] for k, v in ARCHITECTURES.items()},
         },
@@ -382,7 +388,8 @@ def main() -> int:
         anns: dict[str, Any] = {}
         block: dict[str, Any] = results["models"].get(arch, {"ann_accuracy": {}, "recipes": {}})
         for recipe in args.recipes:
-            activation, options = RECIPES[recipe]
+            activation = RECIPES[recipe][0]
+            options = recipe_options(recipe, args)
             if activation not in anns:
                 t0 = time.perf_counter()
                 anns[activation], acc = trained_ann(arch, activation, args, train, test)

@@ -40,6 +40,11 @@ def summary_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def fooled_counts(robust_at_eps: dict[str, Any]) -> dict[str, int | None]:
+    """How many samples each member fooled at one ε (from the summary's member rows)."""
+    return {row["name"]: row.get("fooled") for row in robust_at_eps.get("members", [])}
+
+
 def member_table(result: dict[str, Any]) -> str:
     """The attack ensemble of one stage, per ε: accuracy after each member, in the order run.
 
@@ -53,10 +58,7 @@ def member_table(result: dict[str, Any]) -> str:
     members: list[str] = []
     for r in robust.values():
         members += [m for m in r.get("per_member", {}) if m not in members]
-    fooled = {
-        k: {row["name"]: row.get("fooled") for row in robust[k].get("members", [])}
-        for k in eps_keys
-    }
+    fooled = {k: fooled_counts(robust[k]) for k in eps_keys}
     head = ["member (in the order run)"]
     for k in eps_keys:
         head += [f"ε={k}: accuracy after it %", "fooled"]

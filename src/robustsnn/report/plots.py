@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from robustsnn.report.markdown import fooled_counts
+
 STAGE_LABELS = {
     "ann": "robust ANN",
     "snn_converted": "converted SNN",
@@ -104,10 +106,10 @@ def plot_members(summary: dict[str, Any], path: Path):
         robust = result["robust"]
         key = next(iter(robust))
         members = robust[key]["per_member"]
-        fooled = {row["name"]: row.get("fooled") for row in robust[key].get("members", [])}
+        fooled = fooled_counts(robust[key])
         names = [*members, "worst case"]
         values = [100 * v for v in members.values()] + [100 * robust[key]["worst_case_accuracy"]]
-        clean = 100 * result.get("clean_accuracy", max(values) / 100)
+        clean = 100 * result["clean_accuracy"]
         colours = ["tab:blue"] * len(members) + ["tab:red"]
         ax.barh(names, values, color=colours)
         low = max(0.0, min(values) - max(5.0, 0.25 * (clean - min(values))))
