@@ -19,16 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
+from robustsnn.cache import cache_dir
+
 MNIST5K_TEST_PER_CLASS = 100
 MNIST5K_SEED = 5000
 DIGITS_TEST_PER_CLASS = 36
 DIGITS_SEED = 1797
 _MNIST5K_CACHE = "mnist5k-v1.npz"
-
-
-def cache_dir() -> Path:
-    """Where parsed embedded data is cached: $ROBUSTSNN_CACHE, else ~/.cache/robustsnn."""
-    return Path(os.environ.get("ROBUSTSNN_CACHE") or Path.home() / ".cache" / "robustsnn")
 
 
 def stratified_split(

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from robustsnn.snn import kernel
 from robustsnn.snn.paths import GradientPath
 
 
@@ -68,8 +69,13 @@ def simulate(
     """Run the recurrence; return ``(spikes·amplitude [T, B, ...], final potential)``.
 
     Potentials before the reset are written into ``membrane`` and the firing pattern into the
-    boolean ``pattern`` when they are given.
+    boolean ``pattern`` when they are given. Runs the compiled kernel where it can.
     """
+    if kernel.usable(x, threshold, v0):
+        return kernel.forward(
+            x, dyn.steps, dyn.static, threshold, v0, dyn.leak, dyn.soft_reset, dyn.strict,
+            dyn.amplitude_is_threshold, membrane, pattern,
+        )  # fmt: skip
     step_shape = dyn.step_shape(x)
     out = torch.empty((dyn.steps, *step_shape), dtype=x.dtype, device=x.device)
     work = torch.empty(step_shape, dtype=x.dtype, device=x.device) if membrane is None else None
@@ -179,14 +185,15 @@ class IFFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, threshold, v0, source, pattern, dyn: Dynamics, recipe: Recipe | None):
         path = dyn.path
+        compiled = path.kind in kernel.SURROGATES and kernel.usable(x, threshold, v0)
         if path.is_rate:
             kept = "nothing"
         elif path.kind == "pdsg":
             kept = "membrane"
         elif recipe is not None:
             kept = "recipe"
-        else:
-            kept = "input" if dyn.static else "membrane"
+        else:  # the kernel replays potentials at about the cost of reading them
+            kept = "input" if dyn.static or compiled else "membrane"
         membrane = None
         if kept == "membrane":
             membrane = torch.empty((dyn.steps, *dyn.step_shape(x)), dtype=x.dtype, device=x.device)
@@ -202,6 +209,7 @@ class IFFunction(torch.autograd.Function):
         replayed = kept in ("input", "recipe")
         ctx.save_for_backward(saved, threshold, v0, extra, pattern if replayed else None)
         ctx.dyn, ctx.kept, ctx.recipe, ctx.v0_shape = dyn, kept, recipe, v0.shape
+        ctx.compiled = compiled
         ctx.mark_non_differentiable(final)
         return out, final
 
@@ -223,6 +231,8 @@ class IFFunction(torch.autograd.Function):
             grad_x = grad_out * (slope if amp is None else amp * slope)
             return (grad_x.sum(0) if dyn.static else grad_x), None, None, *rest
 
+        if ctx.compiled:
+            return (*_compiled_backward(ctx, grad_out, saved, threshold, v0, pattern), *rest)
         if ctx.kept == "membrane":
             membrane = saved
         else:
@@ -283,3 +293,25 @@ class IFFunction(torch.autograd.Function):
         if dyn.static:
             grad_x = grad_x.sum(0)
         return grad_x, grad_theta, grad_v0, *rest
+
+
+def _compiled_backward(ctx, grad_out, saved, threshold, v0, pattern):
+    """``(dL/dx, dL/dθ, dL/dv0)`` of :class:`IFFunction` from the compiled kernel."""
+    dyn: Dynamics = ctx.dyn
+    source, overwrite = saved, False
+    if ctx.kept == "recipe":
+        with torch.no_grad():
+            source = ctx.recipe(saved)
+        if not dyn.static:
+            source, overwrite = source.view(dyn.steps, -1, *source.shape[1:]), True
+    grad_x, grad_theta, grad_v0 = kernel.backward(
+        source, ctx.kept == "membrane", dyn.steps, dyn.static, threshold, v0, dyn.leak,
+        dyn.soft_reset, dyn.strict, dyn.amplitude_is_threshold, dyn.path.kind,
+        dyn.path.params, grad_out.to(torch.float32), pattern, ctx.needs_input_grad[1],
+        ctx.needs_input_grad[2], overwrite_source=overwrite,
+    )  # fmt: skip
+    if grad_theta is not None:
+        grad_theta = _reduce_to(grad_theta, threshold.shape)
+    if grad_v0 is not None:
+        grad_v0 = _reduce_to(grad_v0, ctx.v0_shape)
+    return grad_x, grad_theta, grad_v0

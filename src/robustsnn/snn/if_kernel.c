@@ -1,0 +1,172 @@
+/* Integrate-and-fire recurrence and its BPTT backward, one pass over memory each.
+ *
+ * The torch implementation in bptt.py runs a dozen elementwise operations per time step,
+ * each a full pass over a [B, ...] slice. These two functions do the same arithmetic per
+ * neuron with the potential kept in a register: the forward pass reads each input once and
+ * writes each spike once; the backward pass replays the potentials of a block of neurons
+ * into a small buffer and runs the reverse-time recursion on it.
+ *
+ * Both work on the neurons [begin, end) of a step of n neurons, so that the caller can split
+ * the work over threads. Arrays are float32 and contiguous: x and membrane are [T, n] (x is
+ * [n] when static, i.e. the same input at every step), theta and v0 are [n] or a scalar
+ * (theta_full / v0_full = 0), pattern is [T, n] bytes (0/1). The operations and their order
+ * are those of bptt.py, so results agree with it to rounding.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#define BLOCK 256
+#define PI 3.14159265358979323846
+
+enum { TRIANGLE, RECT, EXP, SIGMOID, ARCTAN, GAUSSIAN, STE };
+
+static void surrogate(int kind, float p0, float p1, const float *u, float *out, int64_t len) {
+    int64_t i;
+    switch (kind) {
+    case TRIANGLE:
+        for (i = 0; i < len; i++) {
+            float a = p0 - fabsf(u[i]);
+            out[i] = (a > 0.0f ? a : 0.0f) / (p0 * p0);
+        }
+        break;
+    case RECT:
+        for (i = 0; i < len; i++) out[i] = fabsf(u[i]) < p0 / 2.0f ? 1.0f / p0 : 0.0f;
+        break;
+    case EXP:
+        for (i = 0; i < len; i++) out[i] = p0 * expf(-p1 * fabsf(u[i]));
+        break;
+    case SIGMOID:
+        for (i = 0; i < len; i++) {
+            float s = 1.0f / (1.0f + expf(-p0 * u[i]));
+            out[i] = p0 * s * (1.0f - s);
+        }
+        break;
+    case ARCTAN:
+        for (i = 0; i < len; i++) {
+            float z = (float)(PI / 2.0) * p0 * u[i];
+            out[i] = (p0 / 2.0f) / (1.0f + z * z);
+        }
+        break;
+    case GAUSSIAN:
+        for (i = 0; i < len; i++)
+            out[i] = expf(-(u[i] * u[i]) / (2.0f * p0 * p0)) / ((float)sqrt(2.0 * PI) * p0);
+        break;
+    default:
+        for (i = 0; i < len; i++) out[i] = 1.0f;
+    }
+}
+
+/* One step for a block: m = x + leak·v; s = [m ≥ θ] (or m > θ); v = m - s·(θ or m). */
+static void step_block(const float *x, float *v, const float *th, float leak, int soft_reset,
+                       int strict, float *m, float *s, int64_t len) {
+    for (int64_t i = 0; i < len; i++) {
+        float p = x[i] + leak * v[i];
+        float fired = (float)((p > th[i]) | (!strict & (p == th[i])));
+        v[i] = p - fired * (soft_reset ? th[i] : p);
+        m[i] = p;
+        s[i] = fired;
+    }
+}
+
+void if_forward(int64_t steps, int64_t n, int64_t begin, int64_t end, const float *x,
+                int static_input, const float *theta, int theta_full, const float *v0,
+                int v0_full, float leak, int soft_reset, int strict, int amplitude_is_theta,
+                float *out, float *membrane, uint8_t *pattern, float *final_v) {
+    float v[BLOCK], th[BLOCK], amp[BLOCK], m[BLOCK], s[BLOCK];
+    for (int64_t c0 = begin; c0 < end; c0 += BLOCK) {
+        int64_t len = end - c0 < BLOCK ? end - c0 : BLOCK, i;
+        for (i = 0; i < len; i++) {
+            v[i] = v0_full ? v0[c0 + i] : v0[0];
+            th[i] = theta_full ? theta[c0 + i] : theta[0];
+            amp[i] = amplitude_is_theta ? th[i] : 1.0f;
+        }
+        for (int64_t t = 0; t < steps; t++) {
+            const float *xt = static_input ? x + c0 : x + t * n + c0;
+            float *ot = out + t * n + c0;
+            step_block(xt, v, th, leak, soft_reset, strict, m, s, len);
+            for (i = 0; i < len; i++) ot[i] = s[i] * amp[i];
+            if (membrane)
+                for (i = 0; i < len; i++) membrane[t * n + c0 + i] = m[i];
+            if (pattern)
+                for (i = 0; i < len; i++) pattern[t * n + c0 + i] = (uint8_t)s[i];
+        }
+        for (i = 0; i < len; i++) final_v[c0 + i] = v[i];
+    }
+}
+
+/* source_kind 0: source is the membrane [T, n] of the forward pass; 1: source is its input
+ * (static or [T, n]) and the potentials are replayed, with the forward's firing pattern when
+ * one is given. grad_x is [T, n], or [n] summed over steps when static; it may be the same
+ * array as a [T, n] source. grad_theta and grad_v0 ([n], per neuron) may be NULL.
+ * Returns 0, or -1 when a buffer could not be allocated. */
+int if_backward(int64_t steps, int64_t n, int64_t begin, int64_t end, const float *source,
+                int source_kind, int static_input, const uint8_t *pattern, const float *theta,
+                int theta_full, const float *v0, int v0_full, float leak, int soft_reset,
+                int strict, int amplitude_is_theta, int kind, float p0, float p1,
+                const float *grad_out, float *grad_x, float *grad_theta, float *grad_v0) {
+    float *potential = malloc(sizeof(float) * steps * BLOCK);
+    float *fired = malloc(sizeof(float) * steps * BLOCK);
+    if (!potential || !fired) {
+        free(potential);
+        free(fired);
+        return -1;
+    }
+    const float soft = soft_reset ? 1.0f : 0.0f, amplitude = amplitude_is_theta ? 1.0f : 0.0f;
+    float th[BLOCK], dm[BLOCK], sg[BLOCK], total[BLOCK], gtheta[BLOCK], v[BLOCK];
+    for (int64_t c0 = begin; c0 < end; c0 += BLOCK) {
+        int64_t len = end - c0 < BLOCK ? end - c0 : BLOCK, i, t;
+        for (i = 0; i < len; i++) {
+            th[i] = theta_full ? theta[c0 + i] : theta[0];
+            v[i] = v0_full ? v0[c0 + i] : v0[0];
+            dm[i] = total[i] = gtheta[i] = 0.0f;
+        }
+        for (t = 0; t < steps; t++) {
+            float *m = potential + t * BLOCK, *s = fired + t * BLOCK;
+            if (source_kind == 0) {
+                const float *mt = source + t * n + c0;
+                for (i = 0; i < len; i++) {
+                    m[i] = mt[i];
+                    s[i] = (float)((mt[i] > th[i]) | (!strict & (mt[i] == th[i])));
+                }
+            } else {
+                const float *xt = static_input ? source + c0 : source + t * n + c0;
+                step_block(xt, v, th, leak, soft_reset, strict, m, s, len);
+            }
+            if (pattern) {  /* the forward's spikes, should a replay round differently */
+                const uint8_t *pt = pattern + t * n + c0;
+                for (i = 0; i < len; i++) s[i] = (float)pt[i];
+                if (source_kind != 0)
+                    for (i = 0; i < len; i++) v[i] = m[i] - s[i] * (soft_reset ? th[i] : m[i]);
+            }
+        }
+        /* dm is dL/dm of the step after t (0 after the last step): dv = leak·dm flows back
+         * through the reset, v = m - s·(θ or m), and into the spike through the surrogate */
+        for (t = steps - 1; t >= 0; t--) {
+            const float *m = potential + t * BLOCK, *s = fired + t * BLOCK;
+            const float *go = grad_out + t * n + c0;
+            for (i = 0; i < len; i++) sg[i] = m[i] - th[i];
+            surrogate(kind, p0, p1, sg, sg, len);
+            for (i = 0; i < len; i++) {
+                float g = go[i] * (amplitude_is_theta ? th[i] : 1.0f);
+                float dv = dm[i] * leak;
+                float g_spike = g - dv * (soft_reset ? th[i] : m[i]);
+                float d = (dv - dv * s[i] * (1.0f - soft)) + g_spike * sg[i];
+                gtheta[i] += amplitude * go[i] * s[i] - g_spike * sg[i] - soft * dv * s[i];
+                dm[i] = d;
+                total[i] += d;
+            }
+            if (!static_input)
+                for (i = 0; i < len; i++) grad_x[t * n + c0 + i] = dm[i];
+        }
+        if (static_input)
+            for (i = 0; i < len; i++) grad_x[c0 + i] = total[i];
+        if (grad_theta)
+            for (i = 0; i < len; i++) grad_theta[c0 + i] = gtheta[i];
+        if (grad_v0)
+            for (i = 0; i < len; i++) grad_v0[c0 + i] = dm[i] * leak;
+    }
+    free(potential);
+    free(fired);
+    return 0;
+}

@@ -1,0 +1,255 @@
+"""The compiled CPU kernel of the IF recurrence (``if_kernel.c``), loaded through ctypes.
+
+On CPU the recurrence of :mod:`robustsnn.snn.bptt` written as torch operations makes a dozen
+passes over memory per time step; the kernel makes one, which is what lets a BPTT step cost
+no more than T ANN steps. It is plain C compiled on first use with the system's C compiler
+(``$CC`` or ``cc``) into the toolkit's cache (``$ROBUSTSNN_CACHE``, else
+``~/.cache/robustsnn``), named by a hash of the source and the compiler, and written
+atomically. Without a compiler, on GPU, for other dtypes than
+float32, or with ``ROBUSTSNN_KERNEL=off``, the torch implementation runs instead; both give
+the same results to float rounding (tested).
+
+Work is split over ``torch.get_num_threads()`` threads by neuron; ctypes releases the GIL
+during each call, so the threads run in parallel.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from robustsnn.cache import cache_dir
+
+SOURCE = Path(__file__).with_name("if_kernel.c")
+FLAGS = ("-O3", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-errno")
+SURROGATES = {
+    "triangle": 0,
+    "rect": 1,
+    "exp": 2,
+    "sigmoid": 3,
+    "arctan": 4,
+    "gaussian": 5,
+    "ste": 6,
+}
+BLOCK = 256
+MIN_PER_THREAD = 32 * BLOCK
+
+_lock = threading.Lock()
+_library: ctypes.CDLL | None = None
+_failure: str | None = None
+_pool: ThreadPoolExecutor | None = None
+
+_i64, _int, _flt, _ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_void_p
+_FORWARD_ARGS = [_i64, _i64, _i64, _i64, _ptr, _int, _ptr, _int, _ptr, _int, _flt, _int, _int]
+_FORWARD_ARGS += [_int, _ptr, _ptr, _ptr, _ptr]
+_BACKWARD_ARGS = [_i64, _i64, _i64, _i64, _ptr, _int, _int, _ptr, _ptr, _int, _ptr, _int, _flt]
+_BACKWARD_ARGS += [_int, _int, _int, _int, _flt, _flt, _ptr, _ptr, _ptr, _ptr]
+
+
+def enabled() -> bool:
+    """True unless ``ROBUSTSNN_KERNEL`` is set to off (or 0, false, no, torch)."""
+    value = os.environ.get("ROBUSTSNN_KERNEL", "on").strip().lower()
+    return value not in ("off", "0", "false", "no", "torch")
+
+
+def _compiler() -> str | None:
+    name = os.environ.get("CC", "cc")
+    return shutil.which(name)
+
+
+def _build(compiler: str) -> Path:
+    version = subprocess.run(
+        [compiler, "--version"], capture_output=True, text=True, timeout=30
+    ).stdout
+    key = hashlib.sha256(
+        SOURCE.read_bytes() + " ".join(FLAGS).encode() + version.encode()
+    ).hexdigest()[:16]
+    target = cache_dir() / f"if_kernel-{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        subprocess.run(
+            [compiler, *FLAGS, str(SOURCE), "-o", tmp, "-lm"],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded kernel, compiling it on first use; None (with one warning) if impossible."""
+    global _library, _failure
+    if _library is not None or _failure is not None:
+        return _library
+    with _lock:
+        if _library is not None or _failure is not None:
+            return _library
+        compiler = _compiler()
+        try:
+            if compiler is None:
+                raise RuntimeError("no C compiler found (set $CC or install cc)")
+            lib = ctypes.CDLL(str(_build(compiler)))
+            lib.if_forward.argtypes = _FORWARD_ARGS
+            lib.if_forward.restype = None
+            lib.if_backward.argtypes = _BACKWARD_ARGS
+            lib.if_backward.restype = ctypes.c_int
+            _library = lib
+        except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+            lines = str(getattr(error, "stderr", None) or error).strip().splitlines() or ["?"]
+            _failure = next((line for line in lines if "error" in line), lines[0])
+            warnings.warn(
+                f"robustsnn: the compiled IF kernel is unavailable ({_failure}); using the "
+                "slower torch implementation",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return _library
+
+
+def usable(*tensors: torch.Tensor | None) -> bool:
+    """Whether the kernel can run on these tensors (CPU float32) and is enabled and built."""
+    for tensor in tensors:
+        if tensor is not None and (tensor.device.type != "cpu" or tensor.dtype != torch.float32):
+            return False
+    return enabled() and library() is not None
+
+
+def _ranges(n: int) -> list[tuple[int, int]]:
+    parts = max(1, min(torch.get_num_threads(), n // MIN_PER_THREAD))
+    size = -(-n // parts)
+    size = -(-size // BLOCK) * BLOCK
+    return [(begin, min(begin + size, n)) for begin in range(0, n, size)]
+
+
+def _run(function, n: int, args_for) -> list:
+    global _pool
+    ranges = _ranges(n)
+    if len(ranges) == 1:
+        return [function(*args_for(*ranges[0]))]
+    if _pool is None or _pool._max_workers < len(ranges) - 1:
+        _pool = ThreadPoolExecutor(max_workers=len(ranges) - 1, thread_name_prefix="robustsnn")
+    futures = [_pool.submit(function, *args_for(b, e)) for b, e in ranges[1:]]
+    first = function(*args_for(*ranges[0]))
+    return [first, *(f.result() for f in futures)]
+
+
+def _per_neuron(value: torch.Tensor, shape: torch.Size) -> tuple[torch.Tensor, int]:
+    """``value`` as a contiguous float32 [n] array broadcast to ``shape``, or one scalar."""
+    value = value.detach().to(torch.float32)
+    if value.numel() == 1:
+        return value.reshape(1).contiguous(), 0
+    return value.expand(shape).contiguous(), 1
+
+
+def _address(tensor: torch.Tensor | None) -> int | None:
+    return None if tensor is None else tensor.data_ptr()
+
+
+def forward(
+    x: torch.Tensor,
+    steps: int,
+    static: bool,
+    threshold: torch.Tensor,
+    v0: torch.Tensor,
+    leak: float,
+    soft_reset: bool,
+    strict: bool,
+    amplitude_is_threshold: bool,
+    membrane: torch.Tensor | None = None,
+    pattern: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Spikes·amplitude ``[T, ...]`` and final potential; fills ``membrane``/``pattern``."""
+    lib = library()
+    x = x.detach().contiguous()
+    step_shape = x.shape if static else x.shape[1:]
+    n = step_shape.numel()
+    theta, theta_full = _per_neuron(threshold, step_shape)
+    start, start_full = _per_neuron(v0, step_shape)
+    out = torch.empty((steps, *step_shape), dtype=torch.float32)
+    final = torch.empty(step_shape, dtype=torch.float32)
+    for name, buffer in (("membrane", membrane), ("pattern", pattern)):
+        if buffer is not None and not buffer.is_contiguous():
+            raise ValueError(f"the {name} buffer of the IF kernel must be contiguous")
+
+    def args(begin: int, end: int) -> tuple:
+        return (
+            steps, n, begin, end, x.data_ptr(), int(static), theta.data_ptr(), theta_full,
+            start.data_ptr(), start_full, leak, int(soft_reset), int(strict),
+            int(amplitude_is_threshold), out.data_ptr(), _address(membrane),
+            _address(pattern), final.data_ptr(),
+        )  # fmt: skip
+
+    _run(lib.if_forward, n, args)
+    return out, final
+
+
+def backward(
+    source: torch.Tensor,
+    source_is_membrane: bool,
+    steps: int,
+    static: bool,
+    threshold: torch.Tensor,
+    v0: torch.Tensor,
+    leak: float,
+    soft_reset: bool,
+    strict: bool,
+    amplitude_is_threshold: bool,
+    path_kind: str,
+    path_params: tuple[float, ...],
+    grad_out: torch.Tensor,
+    pattern: torch.Tensor | None,
+    need_threshold: bool,
+    need_v0: bool,
+    overwrite_source: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """BPTT through the recurrence: ``(dL/dx, dL/dθ per neuron, dL/dv0 per neuron)``.
+
+    ``source`` is the forward's membrane ``[T, ...]`` or its input (replayed). With
+    ``overwrite_source`` (a ``[T, ...]`` input of no further use) dL/dx is written into it.
+    """
+    lib = library()
+    source = source.detach().contiguous()
+    grad_out = grad_out.contiguous()
+    step_shape = source.shape if static and not source_is_membrane else source.shape[1:]
+    n = step_shape.numel()
+    theta, theta_full = _per_neuron(threshold, step_shape)
+    start, start_full = _per_neuron(v0, step_shape)
+    if overwrite_source and not static:
+        grad_x = source
+    else:
+        grad_x = torch.empty(step_shape if static else (steps, *step_shape))
+    grad_theta = torch.empty(step_shape) if need_threshold else None
+    grad_v0 = torch.empty(step_shape) if need_v0 else None
+    params = (*path_params, 0.0, 0.0)[:2]
+
+    def args(begin: int, end: int) -> tuple:
+        return (
+            steps, n, begin, end, source.data_ptr(), 0 if source_is_membrane else 1,
+            int(static), _address(pattern), theta.data_ptr(), theta_full, start.data_ptr(),
+            start_full, leak, int(soft_reset), int(strict), int(amplitude_is_threshold),
+            SURROGATES[path_kind], params[0], params[1], grad_out.data_ptr(),
+            grad_x.data_ptr(), _address(grad_theta), _address(grad_v0),
+        )  # fmt: skip
+
+    if any(status != 0 for status in _run(lib.if_backward, n, args)):
+        raise MemoryError("the IF kernel could not allocate its replay buffer")
+    return grad_x, grad_theta, grad_v0
