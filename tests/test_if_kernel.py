@@ -150,3 +150,28 @@ def test_kernel_is_compiled_into_the_cache(monkeypatch, tmp_path):
     assert kernel.library() is not None
     assert [p.name for p in tmp_path.iterdir()] == [kernel.library()._name.rsplit("/", 1)[1]]
     assert tmp_path.joinpath(kernel.library()._name).name.startswith("if_kernel-")
+
+
+@pytest.mark.parametrize(("height", "kernel_size"), [(8, (2, 2)), (7, (3, 3)), (6, (2, 3))])
+@pytest.mark.parametrize("amplitude", [None, "scalar", "per-channel"])
+def test_pooling_from_pattern_equals_pooling_float_spikes(height, kernel_size, amplitude):
+    gen = torch.Generator().manual_seed(0)
+    pattern = torch.rand((5, 3, height, 9), generator=gen) < 0.4
+    amp = {
+        None: None,
+        "scalar": torch.tensor(0.37),
+        "per-channel": torch.tensor([0.3, 1.7, 0.11]).view(3, 1, 1),
+    }[amplitude]
+    spikes = pattern.float() if amp is None else pattern.float() * amp
+    expected = F.avg_pool2d(spikes, kernel_size)
+    assert torch.equal(kernel.pool_spikes(pattern, amp, kernel_size), expected)
+
+
+def test_compact_backward_rebuilds_pooled_spikes_with_the_kernel(monkeypatch):
+    calls = []
+    original = kernel.pool_spikes
+    monkeypatch.setattr(kernel, "pool_spikes", lambda *a: calls.append(a) or original(*a))
+    model = create_model("small_cnn")
+    set_time_steps(model, 4)
+    F.cross_entropy(model(torch.rand(2, 1, 28, 28)), torch.tensor([0, 1])).backward()
+    assert len(calls) == 2  # the two pooled spike maps that conv2 and fc1 saved

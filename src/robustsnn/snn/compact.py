@@ -20,6 +20,7 @@ still see every tensor that is kept, the one-byte patterns included.
 from __future__ import annotations
 
 import contextlib
+import math
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -28,6 +29,8 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from robustsnn.snn import kernel
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _POOLS = (
@@ -41,8 +44,10 @@ class _Rebuildable:
     """A float tensor of the forward pass that can be rebuilt from a firing pattern.
 
     Rebuilt as ``pattern · amplitude`` (the neuron's own operation), followed by ``layers``:
-    each a pooling forward applied to the view ``(size, stride, offset)`` of the previous
-    result that it was applied to in the forward pass.
+    each a pooling module whose forward is applied to the view ``(size, stride, offset)`` of
+    the previous result that it was applied to in the forward pass. One non-overlapping 2-d
+    average pooling of the whole map is rebuilt straight from the pattern by the compiled
+    kernel (same values, no float spike map in between).
     """
 
     tensor: weakref.ref
@@ -111,7 +116,7 @@ class ActivationStore:
         source = self._source_of(args[0]) if isinstance(args[0], torch.Tensor) else None
         if source is None or not isinstance(output, torch.Tensor) or output.storage_offset():
             return
-        layers = (*source.layers, (module.forward, *_view(args[0])))
+        layers = (*source.layers, (module, *_view(args[0])))
         entry = replace(source, tensor=weakref.ref(output), layers=layers)
         self._rebuildable[output.untyped_storage().data_ptr()] = entry
 
@@ -164,12 +169,14 @@ class ActivationStore:
             return self._outer_unpack(packed) if self._outer_unpack else packed
         pattern = self._outer_unpack(packed.pattern) if self._outer_unpack else packed.pattern
         source = packed.source
-        rebuilt = pattern.to(source.dtype)
-        if source.amplitude is not None:
-            rebuilt.mul_(source.amplitude)
-        with torch.no_grad():
-            for layer, *view in source.layers:
-                rebuilt = layer(rebuilt.as_strided(*view))
+        rebuilt = _pooled_by_kernel(pattern, source)
+        if rebuilt is None:
+            rebuilt = pattern.to(source.dtype)
+            if source.amplitude is not None:
+                rebuilt.mul_(source.amplitude)
+            with torch.no_grad():
+                for layer, *view in source.layers:
+                    rebuilt = layer.forward(rebuilt.as_strided(*view))
         return rebuilt.as_strided(*packed.view)
 
     def _outer(self, tensor: torch.Tensor) -> object:
@@ -179,6 +186,41 @@ class ActivationStore:
         """Forget the forward pass (what the graph saved stays; the rest can be freed)."""
         self._rebuildable.clear()
         self._norm_outputs.clear()
+
+
+def _pooled_by_kernel(pattern: torch.Tensor, source: _Rebuildable) -> torch.Tensor | None:
+    """The one average pooling of ``source``, computed from the pattern, where covered."""
+    if len(source.layers) != 1 or source.dtype != torch.float32:
+        return None
+    module, size, stride, offset = source.layers[0]
+    if len(size) != 4 or offset or pattern.numel() != math.prod(size):
+        return None
+    if stride != torch.empty(size, device="meta").stride() or not pattern.is_contiguous():
+        return None
+    kernel_size = _window(module, size[2:])
+    if kernel_size is None or not kernel.usable(pattern.new_empty(0, dtype=torch.float32)):
+        return None
+    amplitude = source.amplitude
+    if amplitude is not None and amplitude.numel() > 1 and amplitude.shape[-2:] != (1, 1):
+        return None
+    return kernel.pool_spikes(pattern.view(size), amplitude, kernel_size)
+
+
+def _window(module: nn.Module, spatial: tuple[int, int]) -> tuple[int, int] | None:
+    """The (kh, kw) of a non-overlapping, unpadded 2-d average pooling; None otherwise."""
+    pair = nn.modules.utils._pair
+    if type(module) is nn.AvgPool2d:
+        if pair(module.kernel_size) != pair(module.stride or module.kernel_size):
+            return None
+        if pair(module.padding) != (0, 0) or module.divisor_override or module.ceil_mode:
+            return None
+        return pair(module.kernel_size)
+    if type(module) is nn.AdaptiveAvgPool2d:
+        out = tuple(s if o is None else o for o, s in zip(pair(module.output_size), spatial, strict=True))
+        if any(s % o for s, o in zip(spatial, out, strict=True)):
+            return None
+        return spatial[0] // out[0], spatial[1] // out[1]
+    return None
 
 
 def _batch_norm(z: torch.Tensor, stats, weight, bias, training: bool, eps: float) -> torch.Tensor:

@@ -170,3 +170,27 @@ int if_backward(int64_t steps, int64_t n, int64_t begin, int64_t end, const floa
     free(fired);
     return 0;
 }
+
+/* Average pooling (kernel = stride, no padding) of spikes given by their firing pattern:
+ * out = Σ_window (s·a) / (kh·kw), summed in the order of torch's CPU kernel, so that the
+ * result equals pooling the float spikes. Planes [begin, end) of planes [H, W]; the
+ * amplitude a is amplitude[plane % channels] (channels = 0: amplitude 1). */
+void pool_spikes(int64_t begin, int64_t end, const uint8_t *pattern, int64_t height,
+                 int64_t width, int64_t kh, int64_t kw, const float *amplitude,
+                 int64_t channels, float *out) {
+    int64_t out_h = height / kh, out_w = width / kw;
+    float divisor = (float)(kh * kw);
+    for (int64_t p = begin; p < end; p++) {
+        float a = channels ? amplitude[p % channels] : 1.0f;
+        const uint8_t *plane = pattern + p * height * width;
+        float *o = out + p * out_h * out_w;
+        for (int64_t oh = 0; oh < out_h; oh++)
+            for (int64_t ow = 0; ow < out_w; ow++) {
+                float sum = 0.0f;
+                for (int64_t i = oh * kh; i < oh * kh + kh; i++)
+                    for (int64_t j = ow * kw; j < ow * kw + kw; j++)
+                        sum += (plane[i * width + j] ? 1.0f : 0.0f) * a;
+                o[oh * out_w + ow] = sum / divisor;
+            }
+    }
+}

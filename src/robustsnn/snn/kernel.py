@@ -112,6 +112,8 @@ def library() -> ctypes.CDLL | None:
             lib.if_forward.restype = None
             lib.if_backward.argtypes = _BACKWARD_ARGS
             lib.if_backward.restype = ctypes.c_int
+            lib.pool_spikes.argtypes = [_i64, _i64, _ptr, _i64, _i64, _i64, _i64, _ptr, _i64, _ptr]
+            lib.pool_spikes.restype = None
             _library = lib
         except (OSError, RuntimeError, subprocess.SubprocessError) as error:
             lines = str(getattr(error, "stderr", None) or error).strip().splitlines() or ["?"]
@@ -133,16 +135,16 @@ def usable(*tensors: torch.Tensor | None) -> bool:
     return enabled() and library() is not None
 
 
-def _ranges(n: int) -> list[tuple[int, int]]:
-    parts = max(1, min(torch.get_num_threads(), n // MIN_PER_THREAD))
+def _ranges(n: int, align: int = BLOCK, work_per_item: int = 1) -> list[tuple[int, int]]:
+    """``[0, n)`` cut into one range per thread (fewer for little work), ``align``-aligned."""
+    parts = max(1, min(torch.get_num_threads(), n * work_per_item // MIN_PER_THREAD))
     size = -(-n // parts)
-    size = -(-size // BLOCK) * BLOCK
+    size = -(-size // align) * align
     return [(begin, min(begin + size, n)) for begin in range(0, n, size)]
 
 
-def _run(function, n: int, args_for) -> list:
+def _run(function, ranges: list[tuple[int, int]], args_for) -> list:
     global _pool
-    ranges = _ranges(n)
     if len(ranges) == 1:
         return [function(*args_for(*ranges[0]))]
     if _pool is None or _pool._max_workers < len(ranges) - 1:
@@ -198,7 +200,7 @@ def forward(
             _address(pattern), final.data_ptr(),
         )  # fmt: skip
 
-    _run(lib.if_forward, n, args)
+    _run(lib.if_forward, _ranges(n), args)
     return out, final
 
 
@@ -250,6 +252,39 @@ def backward(
             grad_x.data_ptr(), _address(grad_theta), _address(grad_v0),
         )  # fmt: skip
 
-    if any(status != 0 for status in _run(lib.if_backward, n, args)):
+    if any(status != 0 for status in _run(lib.if_backward, _ranges(n), args)):
         raise MemoryError("the IF kernel could not allocate its replay buffer")
     return grad_x, grad_theta, grad_v0
+
+
+def pool_spikes(
+    pattern: torch.Tensor, amplitude: torch.Tensor | None, kernel_size: tuple[int, int]
+) -> torch.Tensor | None:
+    """Average pooling (kernel = stride, no padding) of the spikes ``pattern · amplitude``.
+
+    ``pattern`` is a boolean ``[N, C, H, W]`` map and ``amplitude`` None, a scalar or one
+    value per channel. Equals ``avg_pool2d`` of the float spikes bit for bit, without
+    materialising them. None when the case is not covered (the caller pools in torch).
+    """
+    if pattern.dim() != 4 or pattern.dtype != torch.bool or pattern.device.type != "cpu":
+        return None
+    lib = library()
+    pattern = pattern.contiguous()
+    planes, channels, (height, width) = pattern.shape[0] * pattern.shape[1], 0, pattern.shape[2:]
+    weights = None
+    if amplitude is not None:
+        if amplitude.numel() not in (1, pattern.shape[1]):
+            return None
+        channels = pattern.shape[1]
+        weights = amplitude.detach().to(torch.float32).reshape(-1).expand(channels).contiguous()
+    kh, kw = kernel_size
+    out = torch.empty((*pattern.shape[:2], height // kh, width // kw), dtype=torch.float32)
+
+    def args(begin: int, end: int) -> tuple:
+        return (
+            begin, end, pattern.data_ptr(), height, width, kh, kw, _address(weights), channels,
+            out.data_ptr(),
+        )  # fmt: skip
+
+    _run(lib.pool_spikes, _ranges(planes, align=1, work_per_item=height * width), args)
+    return out
