@@ -44,6 +44,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from robustsnn.io import atomic_write_json
 from robustsnn.models import count_parameters, create_model, list_models
+from robustsnn.runtime import keep_freed_memory
+from robustsnn.snn import kernel
 from robustsnn.snn.network import named_neurons, set_time_steps
 from robustsnn.snn.neuron import Neuron
 
@@ -62,6 +64,11 @@ MEMORY_RATIO_TARGET = 0.5
 GRADIENT_TOLERANCE = 1e-3
 SETTLE_BELOW_S = 1.0
 MAX_BLOCK = 10
+
+ALLOCATORS = {
+    "keep": "robustsnn.runtime.keep_freed_memory() (glibc: no mmap for large blocks, no trimming)",
+    "default": "glibc defaults",
+}
 
 METHOD = {
     "training_step": (
@@ -354,6 +361,8 @@ def measure_memory(
         str(args.batch),
         "--threads",
         str(args.threads),
+        "--allocator",
+        args.allocator,
     ]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -504,6 +513,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per configuration")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
+        "--allocator",
+        choices=("keep", "default"),
+        default="keep",
+        help="keep: robustsnn.runtime.keep_freed_memory(), as the command line does (default); "
+        "default: glibc's own settings",
+    )
+    parser.add_argument(
         "--memory-runs",
         type=int,
         default=2,
@@ -535,6 +551,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.allocator == "keep" and not keep_freed_memory():
+        print("note: no glibc mallopt here; the allocator keeps its defaults", file=sys.stderr)
     if args.memory_of:
         name, implementation, steps, grads = args.memory_of
         keep = grads == "kept"
@@ -579,6 +597,8 @@ def main(argv: list[str] | None = None) -> int:
             "warmup": args.warmup,
             "optimizer": f"SGD(lr={LEARNING_RATE})",
             "neuron": "zoo default: IF, threshold 1, reset by subtraction, v0 = 0, triangle:1.0",
+            "allocator": ALLOCATORS[args.allocator],
+            "if_kernel": "compiled C kernel" if kernel.usable(torch.zeros(1)) else "torch",
         },
         "targets": {
             "time_ratio_max_at_T8": TIME_RATIO_TARGET,

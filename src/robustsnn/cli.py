@@ -20,6 +20,8 @@ from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
+from robustsnn.runtime import keep_freed_memory
+
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
 USER_ERROR_EXIT_CODE = 2
 
@@ -641,6 +643,7 @@ def evaluate(
 
 def main() -> None:
     """Entry point of the ``robustsnn`` command (user mistakes are handled by the root group)."""
+    keep_freed_memory()
     app(prog_name="robustsnn")
 
 

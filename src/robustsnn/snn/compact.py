@@ -216,7 +216,9 @@ def _window(module: nn.Module, spatial: tuple[int, int]) -> tuple[int, int] | No
             return None
         return pair(module.kernel_size)
     if type(module) is nn.AdaptiveAvgPool2d:
-        out = tuple(s if o is None else o for o, s in zip(pair(module.output_size), spatial, strict=True))
+        out = tuple(
+            s if o is None else o for o, s in zip(pair(module.output_size), spatial, strict=True)
+        )
         if any(s % o for s, o in zip(spatial, out, strict=True)):
             return None
         return spatial[0] // out[0], spatial[1] // out[1]
