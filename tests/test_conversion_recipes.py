@@ -28,7 +28,7 @@ from robustsnn.data import load_dataset
 from robustsnn.data.dataset import DatasetInfo, ImageDataset
 from robustsnn.io import save_checkpoint
 from robustsnn.models import create_model
-from robustsnn.snn import named_neurons, set_time_steps
+from robustsnn.snn import named_neurons, set_time_steps, using_time_steps
 
 
 @pytest.fixture(autouse=True)
@@ -193,6 +193,92 @@ def test_qcfs_snn_at_large_t_approaches_the_clip_ann_not_the_quantised_ann():
     gap = (quantised - clipped).abs().mean()
     assert gap > 0.02
     assert (far - clipped).abs().mean() < 0.02 * gap
+
+
+@pytest.mark.parametrize("which", ["from_torch", "zoo"])
+def test_residual_qcfs_error_at_t_equals_l_is_only_the_residual_potential_error(which):
+    """The error budget of plain QCFS on a residual network at T = L, neuron by neuron:
+
+    * the time-mean input of every neuron (merge neurons included) is the ANN graph applied
+      to the time-mean outputs of the neurons before it: the shortcut carries spikes of the
+      previous neuron's θ, and the add / ConvexCombination, BN and pooling are exact;
+    * charge is conserved: spikes·θ summed over T = input summed + v0 - v(T), with θ = λ
+      and v0 = θ/2;
+    * the count is the QCFS level clip(floor(z̄·L/λ + 1/2), 0, L) of the time-mean input z̄
+      exactly where v(T) ends in [0, θ) (or below 0 without a spike, or at or above θ after
+      L spikes: the clipped cases), and the first (directly coded) neuron equals the ANN.
+
+    So the only way such an SNN leaves its ANN is the residual-potential (unevenness) error:
+    a neuron whose input varies over time ends outside [0, θ) (an offset spike, what COS and
+    SRP calibrate). A wrong θ, v0, amplitude, shortcut or merge breaks one of the checks.
+    """
+    graph, zoo = residual_qcfs_models()
+    model = (graph if which == "from_torch" else zoo).double()
+    x = torch.rand(6, 1, 8, 8, dtype=torch.float64)
+    levels = 4
+    lambdas = {name: float(n.clip_value.detach()) for name, n in named_neurons(model)}
+    with torch.no_grad():
+        ann_out: dict[str, torch.Tensor] = {}
+        hooks = [
+            n.register_forward_hook(lambda _m, _a, out, name=name: ann_out.__setitem__(name, out))
+            for name, n in named_neurons(model)
+        ]
+        model(x)
+        for h in hooks:
+            h.remove()
+        snn = convert(model, "qcfs", time_steps=levels)
+        neurons = dict(named_neurons(snn))
+        seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def record(name):
+            def hook(module, args, out):
+                current = args[0]
+                if current.shape[0] == x.shape[0]:  # static (direct coding): same every step
+                    current = current.unsqueeze(0).expand(levels, *current.shape)
+                else:
+                    current = current.reshape(levels, -1, *current.shape[1:])
+                seen[name] = (current.sum(0), out.reshape(levels, -1, *out.shape[1:]).sum(0))
+
+            return hook
+
+        hooks = [n.register_forward_hook(record(name)) for name, n in neurons.items()]
+        for n in neurons.values():
+            n.record_potential = True
+        snn(x)
+        for h in hooks:
+            h.remove()
+        # the ANN graph fed with the SNN's time-mean spikes reproduces the mean inputs
+        replayed: dict[str, torch.Tensor] = {}
+        for name, n in neurons.items():
+            n.forward = lambda z, name=name: (
+                replayed.__setitem__(name, z),
+                seen[name][1] / levels,
+            )[1]
+        try:
+            with using_time_steps(snn, 0):
+                snn(x)
+        finally:
+            for n in neurons.values():
+                del n.forward
+    uneven = 0
+    for index, (name, n) in enumerate(neurons.items()):
+        theta = lambdas[name]
+        charge, spikes = seen[name]
+        assert float(n.threshold) == pytest.approx(theta)
+        assert torch.allclose(replayed[name], charge / levels, atol=1e-12, rtol=0)
+        final = n.final_potential
+        assert torch.allclose(spikes, charge + theta / 2 - final, atol=1e-12, rtol=0)
+        count = (spikes / theta).round()
+        level = torch.floor(charge * levels / (levels * theta) + 0.5).clamp(0, levels)
+        # v(T) in [0, θ), or clipped: silent below 0, saturated at or above θ
+        regular = ((final >= 0) & (final < theta)) | ((count == 0) & (final < 0))
+        regular |= (count == levels) & (final >= theta)
+        assert torch.equal(count == level, regular)
+        if index == 0:
+            assert regular.all()
+            assert torch.allclose(spikes / levels, ann_out[name], atol=1e-12, rtol=0)
+        uneven += int((~regular).sum())
+    assert uneven > 0  # the deeper neurons do see time-varying currents
 
 
 # ---- COS and SRP -----------------------------------------------------------------------------
