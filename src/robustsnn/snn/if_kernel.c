@@ -6,8 +6,9 @@
  * writes each spike once; the backward pass replays the potentials of a block of neurons
  * into a small buffer and runs the reverse-time recursion on it.
  *
- * Both work on the neurons [begin, end) of a step of n neurons, so that the caller can split
- * the work over threads. Arrays are float32 and contiguous: x and membrane are [T, n] (x is
+ * Both work on the neurons [begin, end) of a step of n neurons, in blocks spread over the
+ * OpenMP threads when compiled with OpenMP (loaded into torch, they share torch's threads and
+ * its thread count). Arrays are float32 and contiguous: x and membrane are [T, n] (x is
  * [n] when static, i.e. the same input at every step), theta and v0 are [n] or a scalar
  * (theta_full / v0_full = 0), pattern is [T, n] bytes (0/1). The operations and their order
  * are those of bptt.py, so results agree with it to rounding.
@@ -17,6 +18,7 @@
 #include <stdlib.h>
 
 #define BLOCK 256
+#define MIN_PARALLEL_BLOCKS 32
 #define PI 3.14159265358979323846
 
 enum { TRIANGLE, RECT, EXP, SIGMOID, ARCTAN, GAUSSIAN, STE };
@@ -73,9 +75,11 @@ void if_forward(int64_t steps, int64_t n, int64_t begin, int64_t end, const floa
                 int static_input, const float *theta, int theta_full, const float *v0,
                 int v0_full, float leak, int soft_reset, int strict, int amplitude_is_theta,
                 float *out, float *membrane, uint8_t *pattern, float *final_v) {
-    float v[BLOCK], th[BLOCK], amp[BLOCK], m[BLOCK], s[BLOCK];
-    for (int64_t c0 = begin; c0 < end; c0 += BLOCK) {
-        int64_t len = end - c0 < BLOCK ? end - c0 : BLOCK, i;
+    int64_t blocks = (end - begin + BLOCK - 1) / BLOCK;
+#pragma omp parallel for schedule(static) if (blocks > MIN_PARALLEL_BLOCKS)
+    for (int64_t b = 0; b < blocks; b++) {
+        float v[BLOCK], th[BLOCK], amp[BLOCK], m[BLOCK], s[BLOCK];
+        int64_t c0 = begin + b * BLOCK, len = end - c0 < BLOCK ? end - c0 : BLOCK, i;
         for (i = 0; i < len; i++) {
             v[i] = v0_full ? v0[c0 + i] : v0[0];
             th[i] = theta_full ? theta[c0 + i] : theta[0];
@@ -105,17 +109,21 @@ int if_backward(int64_t steps, int64_t n, int64_t begin, int64_t end, const floa
                 int theta_full, const float *v0, int v0_full, float leak, int soft_reset,
                 int strict, int amplitude_is_theta, int kind, float p0, float p1,
                 const float *grad_out, float *grad_x, float *grad_theta, float *grad_v0) {
+    const float soft = soft_reset ? 1.0f : 0.0f, amplitude = amplitude_is_theta ? 1.0f : 0.0f;
+    int64_t blocks = (end - begin + BLOCK - 1) / BLOCK;
+    int failed = 0;
+#pragma omp parallel reduction(| : failed) if (blocks > MIN_PARALLEL_BLOCKS)
+    {
     float *potential = malloc(sizeof(float) * steps * BLOCK);
     float *fired = malloc(sizeof(float) * steps * BLOCK);
-    if (!potential || !fired) {
-        free(potential);
-        free(fired);
-        return -1;
-    }
-    const float soft = soft_reset ? 1.0f : 0.0f, amplitude = amplitude_is_theta ? 1.0f : 0.0f;
     float th[BLOCK], dm[BLOCK], sg[BLOCK], total[BLOCK], gtheta[BLOCK], v[BLOCK];
-    for (int64_t c0 = begin; c0 < end; c0 += BLOCK) {
-        int64_t len = end - c0 < BLOCK ? end - c0 : BLOCK, i, t;
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < blocks; b++) {
+        int64_t c0 = begin + b * BLOCK, len = end - c0 < BLOCK ? end - c0 : BLOCK, i, t;
+        if (!potential || !fired) {
+            failed = 1;
+            continue;
+        }
         for (i = 0; i < len; i++) {
             th[i] = theta_full ? theta[c0 + i] : theta[0];
             v[i] = v0_full ? v0[c0 + i] : v0[0];
@@ -168,29 +176,46 @@ int if_backward(int64_t steps, int64_t n, int64_t begin, int64_t end, const floa
     }
     free(potential);
     free(fired);
-    return 0;
+    }
+    return failed ? -1 : 0;
 }
 
 /* Average pooling (kernel = stride, no padding) of spikes given by their firing pattern:
- * out = Σ_window (s·a) / (kh·kw), summed in the order of torch's CPU kernel, so that the
- * result equals pooling the float spikes. Planes [begin, end) of planes [H, W]; the
- * amplitude a is amplitude[plane % channels] (channels = 0: amplitude 1). */
-void pool_spikes(int64_t begin, int64_t end, const uint8_t *pattern, int64_t height,
-                 int64_t width, int64_t kh, int64_t kw, const float *amplitude,
-                 int64_t channels, float *out) {
+ * out = Σ_window (s·a) / (kh·kw), each window summed row by row as torch's CPU kernel sums
+ * it, so that the result equals pooling the float spikes. Planes [begin, end) of planes
+ * [H, W]; the amplitude a is amplitude[plane % channels] (channels = 0: amplitude 1).
+ * Returns 0, or -1 when a buffer could not be allocated. */
+int pool_spikes(int64_t begin, int64_t end, const uint8_t *pattern, int64_t height,
+                int64_t width, int64_t kh, int64_t kw, const float *amplitude, int64_t channels,
+                float *out) {
     int64_t out_h = height / kh, out_w = width / kw;
     float divisor = (float)(kh * kw);
+    int failed = 0;
+#pragma omp parallel reduction(| : failed) if ((end - begin) * height * width > 8192 * 16)
+    {
+    float *sum = malloc(sizeof(float) * (out_w > 0 ? out_w : 1));
+#pragma omp for schedule(static)
     for (int64_t p = begin; p < end; p++) {
+        if (!sum) {
+            failed = 1;
+            continue;
+        }
         float a = channels ? amplitude[p % channels] : 1.0f;
         const uint8_t *plane = pattern + p * height * width;
         float *o = out + p * out_h * out_w;
-        for (int64_t oh = 0; oh < out_h; oh++)
-            for (int64_t ow = 0; ow < out_w; ow++) {
-                float sum = 0.0f;
-                for (int64_t i = oh * kh; i < oh * kh + kh; i++)
-                    for (int64_t j = ow * kw; j < ow * kw + kw; j++)
-                        sum += (plane[i * width + j] ? 1.0f : 0.0f) * a;
-                o[oh * out_w + ow] = sum / divisor;
+        for (int64_t oh = 0; oh < out_h; oh++) {
+            int64_t ow;
+            for (ow = 0; ow < out_w; ow++) sum[ow] = 0.0f;
+            for (int64_t i = oh * kh; i < oh * kh + kh; i++) {
+                const uint8_t *row = plane + i * width;
+                for (int64_t j = 0; j < kw; j++)
+                    for (ow = 0; ow < out_w; ow++)
+                        sum[ow] += (float)row[ow * kw + j] * a;
             }
+            for (ow = 0; ow < out_w; ow++) o[oh * out_w + ow] = sum[ow] / divisor;
+        }
     }
+    free(sum);
+    }
+    return failed ? -1 : 0;
 }

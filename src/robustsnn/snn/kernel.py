@@ -9,8 +9,10 @@ atomically. Without a compiler, on GPU, for other dtypes than
 float32, or with ``ROBUSTSNN_KERNEL=off``, the torch implementation runs instead; both give
 the same results to float rounding (tested).
 
-Work is split over ``torch.get_num_threads()`` threads by neuron; ctypes releases the GIL
-during each call, so the threads run in parallel.
+It is compiled with OpenMP where the compiler has it: loaded next to torch it then shares
+torch's OpenMP runtime, threads and thread count (``torch.set_num_threads``), so it never
+competes with torch's own threads. It is built for the machine it runs on (``-march=native``);
+the cache name includes the CPU's feature flags.
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
 import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -32,6 +34,8 @@ from robustsnn.cache import cache_dir
 
 SOURCE = Path(__file__).with_name("if_kernel.c")
 FLAGS = ("-O3", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-errno")
+# tried in order: the first set the compiler accepts is used
+OPTIONAL_FLAGS = (("-fopenmp", "-march=native"), ("-fopenmp",), ("-march=native",), ())
 SURROGATES = {
     "triangle": 0,
     "rect": 1,
@@ -41,13 +45,10 @@ SURROGATES = {
     "gaussian": 5,
     "ste": 6,
 }
-BLOCK = 256
-MIN_PER_THREAD = 32 * BLOCK
 
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
 _failure: str | None = None
-_pool: ThreadPoolExecutor | None = None
 
 _i64, _int, _flt, _ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_void_p
 _FORWARD_ARGS = [_i64, _i64, _i64, _i64, _ptr, _int, _ptr, _int, _ptr, _int, _flt, _int, _int]
@@ -67,13 +68,24 @@ def _compiler() -> str | None:
     return shutil.which(name)
 
 
+def _cpu_features() -> str:
+    """The CPU's feature flags (Linux), else its name: a -march=native build for one CPU
+    must not be loaded on another that shares the cache."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _build(compiler: str) -> Path:
     version = subprocess.run(
         [compiler, "--version"], capture_output=True, text=True, timeout=30
     ).stdout
-    key = hashlib.sha256(
-        SOURCE.read_bytes() + " ".join(FLAGS).encode() + version.encode()
-    ).hexdigest()[:16]
+    settings = repr((FLAGS, OPTIONAL_FLAGS, version, _cpu_features())).encode()
+    key = hashlib.sha256(SOURCE.read_bytes() + settings).hexdigest()[:16]
     target = cache_dir() / f"if_kernel-{key}.so"
     if target.exists():
         return target
@@ -81,13 +93,13 @@ def _build(compiler: str) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        subprocess.run(
-            [compiler, *FLAGS, str(SOURCE), "-o", tmp, "-lm"],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        for extra in OPTIONAL_FLAGS:
+            command = [compiler, *FLAGS, *extra, str(SOURCE), "-o", tmp, "-lm"]
+            done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+            if done.returncode == 0:
+                break
+        else:
+            raise subprocess.CalledProcessError(done.returncode, command, stderr=done.stderr)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -113,7 +125,7 @@ def library() -> ctypes.CDLL | None:
             lib.if_backward.argtypes = _BACKWARD_ARGS
             lib.if_backward.restype = ctypes.c_int
             lib.pool_spikes.argtypes = [_i64, _i64, _ptr, _i64, _i64, _i64, _i64, _ptr, _i64, _ptr]
-            lib.pool_spikes.restype = None
+            lib.pool_spikes.restype = ctypes.c_int
             _library = lib
         except (OSError, RuntimeError, subprocess.SubprocessError) as error:
             lines = str(getattr(error, "stderr", None) or error).strip().splitlines() or ["?"]
@@ -135,23 +147,9 @@ def usable(*tensors: torch.Tensor | None) -> bool:
     return enabled() and library() is not None
 
 
-def _ranges(n: int, align: int = BLOCK, work_per_item: int = 1) -> list[tuple[int, int]]:
-    """``[0, n)`` cut into one range per thread (fewer for little work), ``align``-aligned."""
-    parts = max(1, min(torch.get_num_threads(), n * work_per_item // MIN_PER_THREAD))
-    size = -(-n // parts)
-    size = -(-size // align) * align
-    return [(begin, min(begin + size, n)) for begin in range(0, n, size)]
-
-
-def _run(function, ranges: list[tuple[int, int]], args_for) -> list:
-    global _pool
-    if len(ranges) == 1:
-        return [function(*args_for(*ranges[0]))]
-    if _pool is None or _pool._max_workers < len(ranges) - 1:
-        _pool = ThreadPoolExecutor(max_workers=len(ranges) - 1, thread_name_prefix="robustsnn")
-    futures = [_pool.submit(function, *args_for(b, e)) for b, e in ranges[1:]]
-    first = function(*args_for(*ranges[0]))
-    return [first, *(f.result() for f in futures)]
+def _run(function, n: int, args_for) -> list:
+    """One call over all n items; the kernel spreads them over torch's OpenMP threads."""
+    return [function(*args_for(0, n))]
 
 
 def _per_neuron(value: torch.Tensor, shape: torch.Size) -> tuple[torch.Tensor, int]:
@@ -200,7 +198,7 @@ def forward(
             _address(pattern), final.data_ptr(),
         )  # fmt: skip
 
-    _run(lib.if_forward, _ranges(n), args)
+    _run(lib.if_forward, n, args)
     return out, final
 
 
@@ -252,7 +250,7 @@ def backward(
             grad_x.data_ptr(), _address(grad_theta), _address(grad_v0),
         )  # fmt: skip
 
-    if any(status != 0 for status in _run(lib.if_backward, _ranges(n), args)):
+    if any(status != 0 for status in _run(lib.if_backward, n, args)):
         raise MemoryError("the IF kernel could not allocate its replay buffer")
     return grad_x, grad_theta, grad_v0
 
@@ -286,5 +284,6 @@ def pool_spikes(
             out.data_ptr(),
         )  # fmt: skip
 
-    _run(lib.pool_spikes, _ranges(planes, align=1, work_per_item=height * width), args)
+    if any(status != 0 for status in _run(lib.pool_spikes, planes, args)):
+        raise MemoryError("the spike pooling kernel could not allocate its row buffer")
     return out
