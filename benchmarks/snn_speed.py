@@ -66,7 +66,8 @@ SETTLE_BELOW_S = 1.0
 MAX_BLOCK = 10
 
 ALLOCATORS = {
-    "keep": "robustsnn.runtime.keep_freed_memory() (glibc: no mmap for large blocks, no trimming)",
+    "keep": "robustsnn.runtime.keep_freed_memory() (glibc: blocks up to 32 MiB from the heap, "
+    "freed memory kept, no trimming)",
     "default": "glibc defaults",
 }
 

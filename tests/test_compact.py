@@ -95,3 +95,17 @@ def test_vgg_gradients_with_compaction():
     plain = gradients(model, lambda x: plain_forward(model, x), "triangle:1.0")
     for key, g in plain.items():
         torch.testing.assert_close(compact[key], g, rtol=1e-10, atol=1e-12, msg=key)
+
+
+def test_pooling_over_spikes_saves_and_rebuilds_no_input_memory():
+    """What an average pooling over spikes saves unpacks to a zero-stride placeholder."""
+    from robustsnn.snn.compact import ActivationStore, _Shape
+
+    store = ActivationStore()
+    placeholder = store.unpack(_Shape((4, 3, 8, 8), (192, 64, 8, 1), torch.float32, "cpu"))
+    assert placeholder.shape == (4, 3, 8, 8) and placeholder.stride() == (0, 0, 0, 0)
+    grad = torch.rand(4, 3, 4, 4)
+    x = torch.rand(4, 3, 8, 8)
+    args = ([2, 2], [2, 2], [0, 0], False, True, None)
+    expected = torch.ops.aten.avg_pool2d_backward(grad, x, *args)
+    assert torch.equal(torch.ops.aten.avg_pool2d_backward(grad, placeholder, *args), expected)

@@ -1,11 +1,13 @@
 """Process-wide settings that make CPU training and attacks faster.
 
-A time-folded SNN works on tensors T times larger than its ANN, tens of megabytes each. glibc
-hands such blocks out with ``mmap`` and returns them on free, so every step touches fresh pages
-again: on a virtual machine the page faults can cost more than the arithmetic. Keeping freed
-memory in the heap for reuse removes them (the resident set stays at its peak instead of
-shrinking between steps). The command line does this for every job; Python users call
-:func:`keep_freed_memory` once.
+A time-folded SNN works on tensors T times larger than its ANN, megabytes to tens of megabytes
+each. With its default settings glibc serves such blocks with ``mmap`` and gives them back on
+free (or trims them off the heap), so every step touches fresh pages again: on a virtual
+machine these page faults can cost more than the arithmetic. :func:`keep_freed_memory` serves
+blocks up to 32 MiB from the heap and keeps freed heap memory for reuse. Larger blocks still
+come from ``mmap``, so that the heap does not fragment and the peak resident memory stays
+what it was (measured in ``benchmarks/snn_speed.py``). The command line does this for every
+job; Python users call it once.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ import ctypes
 import ctypes.util
 
 _M_TRIM_THRESHOLD = -1
-_M_MMAP_MAX = -4
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc's upper limit on 64-bit systems
 _INT_MAX = 2**31 - 1
 
 
 def keep_freed_memory() -> bool:
-    """Serve large blocks from the heap and keep freed memory for reuse (glibc only).
+    """Serve blocks up to 32 MiB from the heap and keep freed memory for reuse (glibc only).
 
     Returns True when the allocator accepted the settings, False where there is no glibc
     ``mallopt`` (macOS, musl): nothing changes there.
@@ -30,4 +33,6 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _INT_MAX))
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, _INT_MAX)
+    )

@@ -162,6 +162,9 @@ class ActivationStore:
 
     def unpack(self, packed: object) -> torch.Tensor:
         if isinstance(packed, _Shape):
+            if packed.stride == torch.empty(packed.size, device="meta").stride():
+                # no memory: the backward reads the size and (contiguous) layout only
+                return torch.zeros((), dtype=packed.dtype, device=packed.device).expand(packed.size)
             return torch.empty_strided(
                 packed.size, packed.stride, dtype=packed.dtype, device=packed.device
             )
