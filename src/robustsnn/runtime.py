@@ -4,10 +4,11 @@ A time-folded SNN works on tensors T times larger than its ANN, megabytes to ten
 each. With its default settings glibc serves such blocks with ``mmap`` and gives them back on
 free (or trims them off the heap), so every step touches fresh pages again: on a virtual
 machine these page faults can cost more than the arithmetic. :func:`keep_freed_memory` serves
-blocks up to 32 MiB from the heap and keeps freed heap memory for reuse. Larger blocks still
-come from ``mmap``, so that the heap does not fragment and the peak resident memory stays
-what it was (measured in ``benchmarks/snn_speed.py``). The command line does this for every
-job; Python users call it once.
+blocks up to 32 MiB (glibc's limit) from the heap and keeps freed heap memory for reuse;
+larger blocks still come from ``mmap``. The price is memory: what a step freed stays with the
+process, and heap fragmentation can raise the peak resident set by about a tenth
+(``benchmarks/snn_speed.py --allocator keep|default`` measures both). The command line does
+this for every job; Python users call it once.
 """
 
 from __future__ import annotations
