@@ -147,11 +147,6 @@ def usable(*tensors: torch.Tensor | None) -> bool:
     return enabled() and library() is not None
 
 
-def _run(function, n: int, args_for) -> list:
-    """One call over all n items; the kernel spreads them over torch's OpenMP threads."""
-    return [function(*args_for(0, n))]
-
-
 def _per_neuron(value: torch.Tensor, shape: torch.Size) -> tuple[torch.Tensor, int]:
     """``value`` as a contiguous float32 [n] array broadcast to ``shape``, or one scalar."""
     value = value.detach().to(torch.float32)
@@ -190,15 +185,12 @@ def forward(
         if buffer is not None and not buffer.is_contiguous():
             raise ValueError(f"the {name} buffer of the IF kernel must be contiguous")
 
-    def args(begin: int, end: int) -> tuple:
-        return (
-            steps, n, begin, end, x.data_ptr(), int(static), theta.data_ptr(), theta_full,
-            start.data_ptr(), start_full, leak, int(soft_reset), int(strict),
-            int(amplitude_is_threshold), out.data_ptr(), _address(membrane),
-            _address(pattern), final.data_ptr(),
-        )  # fmt: skip
-
-    _run(lib.if_forward, n, args)
+    lib.if_forward(
+        steps, n, 0, n, x.data_ptr(), int(static), theta.data_ptr(), theta_full,
+        start.data_ptr(), start_full, leak, int(soft_reset), int(strict),
+        int(amplitude_is_threshold), out.data_ptr(), _address(membrane), _address(pattern),
+        final.data_ptr(),
+    )  # fmt: skip
     return out, final
 
 
@@ -241,16 +233,14 @@ def backward(
     grad_v0 = torch.empty(step_shape) if need_v0 else None
     params = (*path_params, 0.0, 0.0)[:2]
 
-    def args(begin: int, end: int) -> tuple:
-        return (
-            steps, n, begin, end, source.data_ptr(), 0 if source_is_membrane else 1,
-            int(static), _address(pattern), theta.data_ptr(), theta_full, start.data_ptr(),
-            start_full, leak, int(soft_reset), int(strict), int(amplitude_is_threshold),
-            SURROGATES[path_kind], params[0], params[1], grad_out.data_ptr(),
-            grad_x.data_ptr(), _address(grad_theta), _address(grad_v0),
-        )  # fmt: skip
-
-    if any(status != 0 for status in _run(lib.if_backward, n, args)):
+    status = lib.if_backward(
+        steps, n, 0, n, source.data_ptr(), 0 if source_is_membrane else 1, int(static),
+        _address(pattern), theta.data_ptr(), theta_full, start.data_ptr(), start_full, leak,
+        int(soft_reset), int(strict), int(amplitude_is_threshold), SURROGATES[path_kind],
+        params[0], params[1], grad_out.data_ptr(), grad_x.data_ptr(), _address(grad_theta),
+        _address(grad_v0),
+    )  # fmt: skip
+    if status != 0:
         raise MemoryError("the IF kernel could not allocate its replay buffer")
     return grad_x, grad_theta, grad_v0
 
@@ -278,12 +268,10 @@ def pool_spikes(
     kh, kw = kernel_size
     out = torch.empty((*pattern.shape[:2], height // kh, width // kw), dtype=torch.float32)
 
-    def args(begin: int, end: int) -> tuple:
-        return (
-            begin, end, pattern.data_ptr(), height, width, kh, kw, _address(weights), channels,
-            out.data_ptr(),
-        )  # fmt: skip
-
-    if any(status != 0 for status in _run(lib.pool_spikes, planes, args)):
+    status = lib.pool_spikes(
+        0, planes, pattern.data_ptr(), height, width, kh, kw, _address(weights), channels,
+        out.data_ptr(),
+    )  # fmt: skip
+    if status != 0:
         raise MemoryError("the spike pooling kernel could not allocate its row buffer")
     return out
