@@ -208,3 +208,33 @@ def test_convert_checkpoint_writes_snn_and_accuracy_table(tmp_path):
     assert meta["presimulation"]["presim_steps"] == 4
     with pytest.raises(ValueError, match="time steps"):
         convert_checkpoint(tmp_path / "ann", "qcfs", [0], tmp_path / "bad")
+
+
+class StaticMerge(nn.Module):
+    """A residual add of a pre-neuron tensor (computed once under direct coding) and a
+    post-neuron one (time-folded)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 10)
+
+    def forward(self, x):
+        y = self.conv1(x)
+        h = torch.relu(self.conv2(torch.relu(y)) + y)
+        return self.fc(torch.flatten(h, 1))
+
+
+def test_merge_of_a_static_and_a_time_folded_input_keeps_time_order():
+    """Direct coding computes conv1 once; the merge must repeat it step-major ([T, B]), so the
+    output equals feeding the image as a T-step event stream (every layer run T times)."""
+    torch.manual_seed(0)
+    net = from_torch(StaticMerge(), (1, 8, 8))
+    set_time_steps(net, 4)
+    x = torch.rand(3, 1, 8, 8) * 2
+    with torch.no_grad():
+        direct = net(x)
+        events = net(x.unsqueeze(0).expand(4, *x.shape).contiguous())
+    torch.testing.assert_close(direct, events, rtol=0, atol=1e-6)
+    assert not torch.allclose(direct[0], direct[1])  # samples differ, so a b-major repeat shows
