@@ -72,10 +72,7 @@ def simulate(
     boolean ``pattern`` when they are given. Runs the compiled kernel where it can.
     """
     if kernel.usable(x, threshold, v0):
-        return kernel.forward(
-            x, dyn.steps, dyn.static, threshold, v0, dyn.leak, dyn.soft_reset, dyn.strict,
-            dyn.amplitude_is_threshold, membrane, pattern,
-        )  # fmt: skip
+        return kernel.forward(x, dyn, threshold, v0, membrane, pattern)
     step_shape = dyn.step_shape(x)
     out = torch.empty((dyn.steps, *step_shape), dtype=x.dtype, device=x.device)
     work = torch.empty(step_shape, dtype=x.dtype, device=x.device) if membrane is None else None
@@ -305,10 +302,8 @@ def _compiled_backward(ctx, grad_out, saved, threshold, v0, pattern):
         if not dyn.static:
             source, overwrite = source.view(dyn.steps, -1, *source.shape[1:]), True
     grad_x, grad_theta, grad_v0 = kernel.backward(
-        source, ctx.kept == "membrane", dyn.steps, dyn.static, threshold, v0, dyn.leak,
-        dyn.soft_reset, dyn.strict, dyn.amplitude_is_threshold, dyn.path.kind,
-        dyn.path.params, grad_out.to(torch.float32), pattern, ctx.needs_input_grad[1],
-        ctx.needs_input_grad[2], overwrite_source=overwrite,
+        source, ctx.kept == "membrane", dyn, threshold, v0, grad_out, pattern,
+        ctx.needs_input_grad[1], ctx.needs_input_grad[2], overwrite_source=overwrite,
     )  # fmt: skip
     if grad_theta is not None:
         grad_theta = _reduce_to(grad_theta, threshold.shape)

@@ -162,7 +162,7 @@ class ActivationStore:
 
     def unpack(self, packed: object) -> torch.Tensor:
         if isinstance(packed, _Shape):
-            if packed.stride == torch.empty(packed.size, device="meta").stride():
+            if packed.stride == _contiguous_strides(packed.size):
                 # no memory: the backward reads the size and (contiguous) layout only
                 return torch.zeros((), dtype=packed.dtype, device=packed.device).expand(packed.size)
             return torch.empty_strided(
@@ -198,15 +198,19 @@ def _pooled_by_kernel(pattern: torch.Tensor, source: _Rebuildable) -> torch.Tens
     module, size, stride, offset = source.layers[0]
     if len(size) != 4 or offset or pattern.numel() != math.prod(size):
         return None
-    if stride != torch.empty(size, device="meta").stride() or not pattern.is_contiguous():
+    if stride != _contiguous_strides(size) or not pattern.is_contiguous():
         return None
     kernel_size = _window(module, size[2:])
-    if kernel_size is None or not kernel.usable(pattern.new_empty(0, dtype=torch.float32)):
+    if kernel_size is None:
         return None
     amplitude = source.amplitude
     if amplitude is not None and amplitude.numel() > 1 and amplitude.shape[-2:] != (1, 1):
         return None
     return kernel.pool_spikes(pattern.view(size), amplitude, kernel_size)
+
+
+def _contiguous_strides(size: tuple[int, ...]) -> tuple[int, ...]:
+    return torch.empty(size, device="meta").stride()
 
 
 def _window(module: nn.Module, spatial: tuple[int, int]) -> tuple[int, int] | None:

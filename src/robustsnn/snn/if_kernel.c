@@ -6,8 +6,7 @@
  * writes each spike once; the backward pass replays the potentials of a block of neurons
  * into a small buffer and runs the reverse-time recursion on it.
  *
- * Both work on the neurons [begin, end) of a step of n neurons, in blocks spread over the
- * OpenMP threads when compiled with OpenMP (loaded into torch, they share torch's threads and
+ * Both work on the n neurons of a step in blocks spread over the OpenMP threads when compiled with OpenMP (loaded into torch, they share torch's threads and
  * its thread count). Arrays are float32 and contiguous: x and membrane are [T, n] (x is
  * [n] when static, i.e. the same input at every step), theta and v0 are [n] or a scalar
  * (theta_full / v0_full = 0), pattern is [T, n] bytes (0/1). The operations and their order
@@ -71,15 +70,15 @@ static void step_block(const float *x, float *v, const float *th, float leak, in
     }
 }
 
-void if_forward(int64_t steps, int64_t n, int64_t begin, int64_t end, const float *x,
+void if_forward(int64_t steps, int64_t n, const float *x,
                 int static_input, const float *theta, int theta_full, const float *v0,
                 int v0_full, float leak, int soft_reset, int strict, int amplitude_is_theta,
                 float *out, float *membrane, uint8_t *pattern, float *final_v) {
-    int64_t blocks = (end - begin + BLOCK - 1) / BLOCK;
+    int64_t blocks = (n + BLOCK - 1) / BLOCK;
 #pragma omp parallel for schedule(static) if (blocks > MIN_PARALLEL_BLOCKS)
     for (int64_t b = 0; b < blocks; b++) {
         float v[BLOCK], th[BLOCK], amp[BLOCK], m[BLOCK], s[BLOCK];
-        int64_t c0 = begin + b * BLOCK, len = end - c0 < BLOCK ? end - c0 : BLOCK, i;
+        int64_t c0 = b * BLOCK, len = n - c0 < BLOCK ? n - c0 : BLOCK, i;
         for (i = 0; i < len; i++) {
             v[i] = v0_full ? v0[c0 + i] : v0[0];
             th[i] = theta_full ? theta[c0 + i] : theta[0];
@@ -104,13 +103,13 @@ void if_forward(int64_t steps, int64_t n, int64_t begin, int64_t end, const floa
  * one is given. grad_x is [T, n], or [n] summed over steps when static; it may be the same
  * array as a [T, n] source. grad_theta and grad_v0 ([n], per neuron) may be NULL.
  * Returns 0, or -1 when a buffer could not be allocated. */
-int if_backward(int64_t steps, int64_t n, int64_t begin, int64_t end, const float *source,
+int if_backward(int64_t steps, int64_t n, const float *source,
                 int source_kind, int static_input, const uint8_t *pattern, const float *theta,
                 int theta_full, const float *v0, int v0_full, float leak, int soft_reset,
                 int strict, int amplitude_is_theta, int kind, float p0, float p1,
                 const float *grad_out, float *grad_x, float *grad_theta, float *grad_v0) {
     const float soft = soft_reset ? 1.0f : 0.0f, amplitude = amplitude_is_theta ? 1.0f : 0.0f;
-    int64_t blocks = (end - begin + BLOCK - 1) / BLOCK;
+    int64_t blocks = (n + BLOCK - 1) / BLOCK;
     int failed = 0;
 #pragma omp parallel reduction(| : failed) if (blocks > MIN_PARALLEL_BLOCKS)
     {
@@ -119,7 +118,7 @@ int if_backward(int64_t steps, int64_t n, int64_t begin, int64_t end, const floa
     float th[BLOCK], dm[BLOCK], sg[BLOCK], total[BLOCK], gtheta[BLOCK], v[BLOCK];
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; b++) {
-        int64_t c0 = begin + b * BLOCK, len = end - c0 < BLOCK ? end - c0 : BLOCK, i, t;
+        int64_t c0 = b * BLOCK, len = n - c0 < BLOCK ? n - c0 : BLOCK, i, t;
         if (!potential || !fired) {
             failed = 1;
             continue;
@@ -182,20 +181,20 @@ int if_backward(int64_t steps, int64_t n, int64_t begin, int64_t end, const floa
 
 /* Average pooling (kernel = stride, no padding) of spikes given by their firing pattern:
  * out = Σ_window (s·a) / (kh·kw), each window summed row by row as torch's CPU kernel sums
- * it, so that the result equals pooling the float spikes. Planes [begin, end) of planes
- * [H, W]; the amplitude a is amplitude[plane % channels] (channels = 0: amplitude 1).
+ * it, so that the result equals pooling the float spikes. There are `planes`
+ * planes of [H, W]; the amplitude a is amplitude[plane % channels] (channels = 0: amplitude 1).
  * Returns 0, or -1 when a buffer could not be allocated. */
-int pool_spikes(int64_t begin, int64_t end, const uint8_t *pattern, int64_t height,
+int pool_spikes(int64_t planes, const uint8_t *pattern, int64_t height,
                 int64_t width, int64_t kh, int64_t kw, const float *amplitude, int64_t channels,
                 float *out) {
     int64_t out_h = height / kh, out_w = width / kw;
     float divisor = (float)(kh * kw);
     int failed = 0;
-#pragma omp parallel reduction(| : failed) if ((end - begin) * height * width > 8192 * 16)
+#pragma omp parallel reduction(| : failed) if (planes * height * width > 8192 * 16)
     {
     float *sum = malloc(sizeof(float) * (out_w > 0 ? out_w : 1));
 #pragma omp for schedule(static)
-    for (int64_t p = begin; p < end; p++) {
+    for (int64_t p = 0; p < planes; p++) {
         if (!sum) {
             failed = 1;
             continue;

@@ -27,10 +27,14 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from robustsnn.cache import cache_dir
+
+if TYPE_CHECKING:
+    from robustsnn.snn.bptt import Dynamics
 
 SOURCE = Path(__file__).with_name("if_kernel.c")
 FLAGS = ("-O3", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-errno")
@@ -51,10 +55,11 @@ _library: ctypes.CDLL | None = None
 _failure: str | None = None
 
 _i64, _int, _flt, _ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_void_p
-_FORWARD_ARGS = [_i64, _i64, _i64, _i64, _ptr, _int, _ptr, _int, _ptr, _int, _flt, _int, _int]
-_FORWARD_ARGS += [_int, _ptr, _ptr, _ptr, _ptr]
-_BACKWARD_ARGS = [_i64, _i64, _i64, _i64, _ptr, _int, _int, _ptr, _ptr, _int, _ptr, _int, _flt]
-_BACKWARD_ARGS += [_int, _int, _int, _int, _flt, _flt, _ptr, _ptr, _ptr, _ptr]
+_FORWARD_ARGS = [_i64, _i64, _ptr, _int, _ptr, _int, _ptr, _int, _flt, _int, _int, _int]
+_FORWARD_ARGS += [_ptr, _ptr, _ptr, _ptr]
+_BACKWARD_ARGS = [_i64, _i64, _ptr, _int, _int, _ptr, _ptr, _int, _ptr, _int, _flt, _int]
+_BACKWARD_ARGS += [_int, _int, _int, _flt, _flt, _ptr, _ptr, _ptr, _ptr]
+_POOL_ARGS = [_i64, _ptr, _i64, _i64, _i64, _i64, _ptr, _i64, _ptr]
 
 
 def enabled() -> bool:
@@ -124,7 +129,7 @@ def library() -> ctypes.CDLL | None:
             lib.if_forward.restype = None
             lib.if_backward.argtypes = _BACKWARD_ARGS
             lib.if_backward.restype = ctypes.c_int
-            lib.pool_spikes.argtypes = [_i64, _i64, _ptr, _i64, _i64, _i64, _i64, _ptr, _i64, _ptr]
+            lib.pool_spikes.argtypes = _POOL_ARGS
             lib.pool_spikes.restype = ctypes.c_int
             _library = lib
         except (OSError, RuntimeError, subprocess.SubprocessError) as error:
@@ -159,37 +164,34 @@ def _address(tensor: torch.Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
 
 
+def _neuron_arrays(step_shape: torch.Size, threshold: torch.Tensor, v0: torch.Tensor) -> tuple:
+    """``(θ, θ per neuron?, v0, v0 per neuron?)`` as the kernels take them."""
+    theta, theta_full = _per_neuron(threshold, step_shape)
+    start, start_full = _per_neuron(v0, step_shape)
+    return theta.data_ptr(), theta_full, start.data_ptr(), start_full, (theta, start)
+
+
 def forward(
     x: torch.Tensor,
-    steps: int,
-    static: bool,
+    dyn: Dynamics,
     threshold: torch.Tensor,
     v0: torch.Tensor,
-    leak: float,
-    soft_reset: bool,
-    strict: bool,
-    amplitude_is_threshold: bool,
     membrane: torch.Tensor | None = None,
     pattern: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Spikes·amplitude ``[T, ...]`` and final potential; fills ``membrane``/``pattern``."""
-    lib = library()
-    x = x.detach().contiguous()
-    step_shape = x.shape if static else x.shape[1:]
-    n = step_shape.numel()
-    theta, theta_full = _per_neuron(threshold, step_shape)
-    start, start_full = _per_neuron(v0, step_shape)
-    out = torch.empty((steps, *step_shape), dtype=torch.float32)
-    final = torch.empty(step_shape, dtype=torch.float32)
     for name, buffer in (("membrane", membrane), ("pattern", pattern)):
         if buffer is not None and not buffer.is_contiguous():
             raise ValueError(f"the {name} buffer of the IF kernel must be contiguous")
-
-    lib.if_forward(
-        steps, n, 0, n, x.data_ptr(), int(static), theta.data_ptr(), theta_full,
-        start.data_ptr(), start_full, leak, int(soft_reset), int(strict),
-        int(amplitude_is_threshold), out.data_ptr(), _address(membrane), _address(pattern),
-        final.data_ptr(),
+    x = x.detach().contiguous()
+    step_shape = dyn.step_shape(x)
+    *neurons, _keep = _neuron_arrays(step_shape, threshold, v0)
+    out = torch.empty((dyn.steps, *step_shape), dtype=torch.float32)
+    final = torch.empty(step_shape, dtype=torch.float32)
+    library().if_forward(
+        dyn.steps, step_shape.numel(), x.data_ptr(), int(dyn.static), *neurons, dyn.leak,
+        int(dyn.soft_reset), int(dyn.strict), int(dyn.amplitude_is_threshold), out.data_ptr(),
+        _address(membrane), _address(pattern), final.data_ptr(),
     )  # fmt: skip
     return out, final
 
@@ -197,16 +199,9 @@ def forward(
 def backward(
     source: torch.Tensor,
     source_is_membrane: bool,
-    steps: int,
-    static: bool,
+    dyn: Dynamics,
     threshold: torch.Tensor,
     v0: torch.Tensor,
-    leak: float,
-    soft_reset: bool,
-    strict: bool,
-    amplitude_is_threshold: bool,
-    path_kind: str,
-    path_params: tuple[float, ...],
     grad_out: torch.Tensor,
     pattern: torch.Tensor | None,
     need_threshold: bool,
@@ -218,27 +213,23 @@ def backward(
     ``source`` is the forward's membrane ``[T, ...]`` or its input (replayed). With
     ``overwrite_source`` (a ``[T, ...]`` input of no further use) dL/dx is written into it.
     """
-    lib = library()
     source = source.detach().contiguous()
     grad_out = grad_out.contiguous()
-    step_shape = source.shape if static and not source_is_membrane else source.shape[1:]
-    n = step_shape.numel()
-    theta, theta_full = _per_neuron(threshold, step_shape)
-    start, start_full = _per_neuron(v0, step_shape)
-    if overwrite_source and not static:
+    static = dyn.static and not source_is_membrane
+    step_shape = source.shape if static else source.shape[1:]
+    *neurons, _keep = _neuron_arrays(step_shape, threshold, v0)
+    if overwrite_source and not dyn.static:
         grad_x = source
     else:
-        grad_x = torch.empty(step_shape if static else (steps, *step_shape))
+        grad_x = torch.empty(step_shape if dyn.static else (dyn.steps, *step_shape))
     grad_theta = torch.empty(step_shape) if need_threshold else None
     grad_v0 = torch.empty(step_shape) if need_v0 else None
-    params = (*path_params, 0.0, 0.0)[:2]
-
-    status = lib.if_backward(
-        steps, n, 0, n, source.data_ptr(), 0 if source_is_membrane else 1, int(static),
-        _address(pattern), theta.data_ptr(), theta_full, start.data_ptr(), start_full, leak,
-        int(soft_reset), int(strict), int(amplitude_is_threshold), SURROGATES[path_kind],
-        params[0], params[1], grad_out.data_ptr(), grad_x.data_ptr(), _address(grad_theta),
-        _address(grad_v0),
+    params = (*dyn.path.params, 0.0, 0.0)[:2]
+    status = library().if_backward(
+        dyn.steps, step_shape.numel(), source.data_ptr(), 0 if source_is_membrane else 1,
+        int(dyn.static), _address(pattern), *neurons, dyn.leak, int(dyn.soft_reset),
+        int(dyn.strict), int(dyn.amplitude_is_threshold), SURROGATES[dyn.path.kind], *params,
+        grad_out.data_ptr(), grad_x.data_ptr(), _address(grad_theta), _address(grad_v0),
     )  # fmt: skip
     if status != 0:
         raise MemoryError("the IF kernel could not allocate its replay buffer")
@@ -256,7 +247,8 @@ def pool_spikes(
     """
     if pattern.dim() != 4 or pattern.dtype != torch.bool or pattern.device.type != "cpu":
         return None
-    lib = library()
+    if not usable():
+        return None
     pattern = pattern.contiguous()
     planes, channels, (height, width) = pattern.shape[0] * pattern.shape[1], 0, pattern.shape[2:]
     weights = None
@@ -268,8 +260,8 @@ def pool_spikes(
     kh, kw = kernel_size
     out = torch.empty((*pattern.shape[:2], height // kh, width // kw), dtype=torch.float32)
 
-    status = lib.pool_spikes(
-        0, planes, pattern.data_ptr(), height, width, kh, kw, _address(weights), channels,
+    status = library().pool_spikes(
+        planes, pattern.data_ptr(), height, width, kh, kw, _address(weights), channels,
         out.data_ptr(),
     )  # fmt: skip
     if status != 0:
