@@ -1,14 +1,18 @@
 """Accuracy vs T of every conversion recipe on mnist5k, for a small CNN and a residual network.
 
 Trains three ANNs per architecture briefly on CPU (``small_cnn`` from the zoo; ``resnet_mini``,
-a torchvision-style residual CNN in plain torch with reused ReLU modules, via ``from_torch``):
-QCFS with L levels for qcfs/cos/srp, a trainable clip for opi, ReLU for tfc, max-norm,
-percentile and threshold-balancing. It converts each
-with its recipes and reads out the accuracy after T = 1, 2, 4, 8, 16, 32 from one run at
-T = 32 (cumulative readout). COS and SRP spend ρ = τ extra steps first: their latency is
-ρ + T. Trained ANNs are cached in ``--runs``; the results go to JSON and a Markdown table.
+a torchvision-style residual CNN in plain torch with reused ReLU modules, via ``from_torch``,
+with global average pooling before its classifier; ``resnet_mini_flat``, the same residual
+body with a linear classifier over the whole last feature map): QCFS with L levels for
+qcfs/cos/srp, a trainable clip for opi, ReLU for tfc, max-norm, percentile and
+threshold-balancing. It converts each with its recipes and reads out the accuracy after
+T = 1, 2, 4, 8, 16, 32 from one run at T = 32 (cumulative readout). COS and SRP spend
+ρ = τ extra steps first: their latency is ρ + T. The first of ``--seeds`` gives the full
+table; every further seed retrains the QCFS ANNs and reruns qcfs, cos and srp, whose
+low-T accuracy depends on the trained network, and the targets are checked for every seed.
+Trained ANNs are cached in ``--runs``; the results go to JSON and a Markdown table.
 
-    .venv/bin/python benchmarks/conversion.py [--epochs 4] [--levels 4] [--out PATH]
+    .venv/bin/python benchmarks/conversion.py [--epochs 4] [--levels 4] [--seeds 0 1 2]
 
 The robust part (``--robust-eps``, 0 skips it) trains PGD-AT small CNNs (QCFS and ReLU) and
 reports clean and worst-case PGD accuracy after qcfs and threshold-balancing at T = 4, 8.
@@ -41,11 +45,18 @@ ARCHITECTURES = {
     "small_cnn": {"name": "small_cnn", "kwargs": {}, "qcfs_lambda": 2.0, "clip_lambda": 2.0},
     "resnet_mini": {
         "name": "plain torch (from_torch)",
-        "kwargs": {},
+        "kwargs": {"head": "avgpool"},
+        "qcfs_lambda": 2.0,
+        "clip_lambda": 2.0,
+    },
+    "resnet_mini_flat": {
+        "name": "plain torch (from_torch)",
+        "kwargs": {"head": "flatten"},
         "qcfs_lambda": 2.0,
         "clip_lambda": 2.0,
     },
 }
+SEEDED_RECIPES = ("qcfs", "cos", "srp")
 # Initial QCFS/clip λ = 2 for both networks (their currents are BN-normalised, O(1)). The
 # papers' 8.0 (QCFS) and 4.0 (clip) suit 300 training epochs; in 4 epochs λ stays near 8, the
 # mean activation is 2-3 % of λ, almost every activation lies in QCFS's lowest bin and the ANN
@@ -78,6 +89,20 @@ NOTES = {
         "within about 1 point from T = 2 (latency 4 + T); ResNets are the weak case at low "
         "T in the QCFS paper too (ResNet-20 CIFAR-10: 83.8 % at T = 4 vs 91.8 % ANN)."
     ),
+    "global_average_pooling": (
+        "The residual net's weak point is its classifier head, not the residual blocks. At "
+        "t = 1 an IF neuron with v0 = θ/2 fires iff its input is >= θ/2, so the SNN's first "
+        "step is the QCFS ANN evaluated with L = 1; the stem's background activations (MNIST's "
+        "uniform background, after normalisation) in [θ/8, θ/2) are 1-2 levels at L = 4 but "
+        "silent at t = 1, which unbalances the BN-shift currents downstream. Global average "
+        "pooling then averages this error, the same at every background position, into every "
+        "feature: with L = 1 in the stem alone the ANN drops to 30 % (seed 2). A linear "
+        "classifier over the whole 7x7 map (resnet_mini_flat, same residual body) learns "
+        "to weight the digit, not the background: its QCFS SNN is within 0.2 points of its ANN "
+        "at T = 4 and T = 8 for every seed. Longer training or λ init 1 for the pooled net "
+        "helps only some seeds (16 epochs, λ init 1: 0.9 / 1.1 / 2.8 points below the ANN at "
+        "T = 4 for seeds 0 / 1 / 2)."
+    ),
 }
 
 
@@ -106,9 +131,13 @@ class BasicBlock(nn.Module):
 
 
 class MiniResNet(nn.Module):
-    """A user's residual CNN for 28x28 digits: stem, two basic blocks, pooling, linear."""
+    """A user's residual CNN for 28x28 digits: stem, two basic blocks, pooling, linear.
 
-    def __init__(self, num_classes: int = 10) -> None:
+    ``head="avgpool"`` pools the 32x7x7 map globally (torchvision); ``"flatten"`` feeds the
+    whole map to the linear classifier.
+    """
+
+    def __init__(self, num_classes: int = 10, head: str = "avgpool") -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(1, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
@@ -116,8 +145,10 @@ class MiniResNet(nn.Module):
         self.pool = nn.AvgPool2d(2)
         self.layer1 = BasicBlock(16, 16)
         self.layer2 = BasicBlock(16, 32, stride=2)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(32, num_classes)
+        if head not in ("avgpool", "flatten"):
+            raise ValueError(f"head must be 'avgpool' or 'flatten', got {head!r}")
+        self.avgpool = nn.AdaptiveAvgPool2d(1) if head == "avgpool" else nn.Identity()
+        self.fc = nn.Linear(32 if head == "avgpool" else 32 * 7 * 7, num_classes)
 
     def forward(self, x):
         x = self.pool(self.relu(self.bn1(self.conv1(x))))
@@ -164,25 +195,34 @@ def neuron_settings(activation: str, levels: int, arch: str) -> dict[str, Any]:
 
 
 def trained_ann(
-    arch: str, activation: str, args, train, test, robust_eps: float = 0.0
+    arch: str,
+    activation: str,
+    args,
+    train,
+    test,
+    robust_eps: float = 0.0,
+    seed: int | None = None,
 ) -> tuple[Any, float]:
     """Train (or load from the cache) one ANN (PGD-AT if ``robust_eps``); return it and its
-    test accuracy."""
+    test accuracy. ``seed`` defaults to the first of ``--seeds``."""
+    seed = args.seeds[0] if seed is None else seed
     tag = f"_pgdat{robust_eps:g}" if robust_eps else ""
     spec = ARCHITECTURES[arch]
     if activation == "qcfs" and spec["qcfs_lambda"] != 8.0:
         tag += f"_lambda{spec['qcfs_lambda']:g}"
     if activation == "clip" and spec["clip_lambda"] != 4.0:
         tag += f"_lambda{spec['clip_lambda']:g}"
+    if seed:
+        tag += f"_seed{seed}"
     stem = args.runs / f"{arch}_{activation}_L{args.levels}_e{args.epochs}{tag}"
     if stem.with_suffix(".json").exists() and not args.force:
         model, meta = load_checkpoint(stem)
         return model, meta["metrics"]["test_accuracy"]
-    spec = ARCHITECTURES[arch]
-    torch.manual_seed(args.seed)
-    if arch == "resnet_mini":
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    if arch.startswith("resnet_mini"):
         model = from_torch(
-            MiniResNet(train.info.num_classes),
+            MiniResNet(train.info.num_classes, **spec["kwargs"]),
             train.info.input_shape,
             neuron=neuron_settings(activation, args.levels, arch),
             fold_bn=False,
@@ -208,10 +248,11 @@ def trained_ann(
         epochs=args.epochs,
         batch_size=64,
         lr=args.lr,
-        seed=args.seed,
+        seed=seed,
     )
     accuracy = evaluate_accuracy(model, test)
     save_checkpoint(model, stem, {"dataset": "mnist5k", "metrics": {"test_accuracy": accuracy}})
+    print(f"{stem.name}: {100 * accuracy:.2f} ({time.perf_counter() - t0:.0f}s)", flush=True)
     return model, accuracy
 
 
@@ -251,30 +292,72 @@ def robust_markdown(robust: dict[str, Any]) -> str:
 def write_markdown(path: Path, results: dict[str, Any]) -> None:
     """The accuracy-vs-T table (and the robust table, when present) as a Markdown file."""
     text = markdown(results)
+    if results.get("seeds"):
+        text += "\n\n" + seeds_markdown(results["seeds"])
     if "robust" in results:
         text += "\n\n" + robust_markdown(results["robust"])
     atomic_write_text(path, text + "\n")
 
 
+def qcfs_family_targets(ann_qcfs: float, recipes: dict[str, Any]) -> dict[str, bool]:
+    """The targets on qcfs, cos and srp rows (accuracies as fractions, keys str(T))."""
+    q = recipes["qcfs"]["accuracy"]
+    calibrated = [
+        max(recipes["cos"]["accuracy"][str(t)], recipes["srp"]["accuracy"][str(t)]) > q[str(t)]
+        for t in (1, 2)
+    ]
+    return {
+        "qcfs_within_1_point_at_T4": ann_qcfs - q["4"] <= 0.01,
+        "qcfs_within_0.3_point_at_T8": ann_qcfs - q["8"] <= 0.003,
+        "cos_or_srp_beat_qcfs_at_T1_and_T2": all(calibrated),
+    }
+
+
 def targets(results: dict[str, Any]) -> dict[str, Any]:
-    """The issue's targets, checked per architecture."""
+    """The issue's targets, checked per architecture (first seed; the qcfs-family targets
+    also for every seed of ``results["seeds"]``)."""
     checks = {}
     for arch, block in results["models"].items():
         rec = block["recipes"]
-        ann_q = block["ann_accuracy"]["qcfs"]
         ann_r = block["ann_accuracy"]["relu"]
-        q = rec["qcfs"]["accuracy"]
-        low = [
-            max(rec["cos"]["accuracy"][str(t)], rec["srp"]["accuracy"][str(t)]) > q[str(t)]
-            for t in (1, 2)
-        ]
-        checks[arch] = {
-            "qcfs_within_1_point_at_T4": ann_q - q["4"] <= 0.01,
-            "qcfs_within_0.3_point_at_T8": ann_q - q["8"] <= 0.003,
-            "cos_or_srp_beat_qcfs_at_T1_and_T2": all(low),
-            "tfc_within_1_point_at_T32": ann_r - rec["tfc"]["accuracy"]["32"] <= 0.01,
-        }
+        checks[arch] = qcfs_family_targets(block["ann_accuracy"]["qcfs"], rec)
+        checks[arch]["tfc_within_1_point_at_T32"] = ann_r - rec["tfc"]["accuracy"]["32"] <= 0.01
+        seeds = results.get("seeds", {}).get(arch, {})
+        if len(seeds) > 1:
+            per_seed = {
+                seed: qcfs_family_targets(row["ann_accuracy"], row["recipes"])
+                for seed, row in seeds.items()
+            }
+            checks[arch]["every_seed"] = {
+                name: all(c[name] for c in per_seed.values())
+                for name in next(iter(per_seed.values()))
+            }
+            checks[arch]["per_seed"] = per_seed
     return checks
+
+
+def seeds_markdown(seeds: dict[str, Any]) -> str:
+    """qcfs / cos / srp over seeds: mean and range of the accuracy at each T."""
+    lines = [
+        "Seeds: qcfs, cos and srp with the QCFS ANN retrained per seed (mean, [min, max])",
+        "",
+        "| model | recipe | seeds | ANN | " + " | ".join(f"T={t}" for t in TIME_STEPS) + " |",
+        "|" + "---|" * (4 + len(TIME_STEPS)),
+    ]
+
+    def cell(values: list[float]) -> str:
+        values = [100 * v for v in values]
+        return f"{sum(values) / len(values):.2f} [{min(values):.1f}, {max(values):.1f}]"
+
+    for arch, by_seed in seeds.items():
+        rows = list(by_seed.values())
+        ann = cell([r["ann_accuracy"] for r in rows])
+        for recipe in SEEDED_RECIPES:
+            cells = " | ".join(
+                cell([r["recipes"][recipe]["accuracy"][str(t)] for r in rows]) for t in TIME_STEPS
+            )
+            lines.append(f"| {arch} | {recipe} | {len(rows)} | {ann} | {cells} |")
+    return "\n".join(lines)
 
 
 ROBUST_PATHS = "triangle:1.0,rect:1.0,ste,bptr,rga,ann"
@@ -327,12 +410,46 @@ def robust_comparison(args, train, test, calibration) -> dict[str, Any]:
     }
 
 
+def recipe_row(
+    arch: str, recipe: str, ann: nn.Module, args, calibration, test, seed: int | None = None
+) -> dict[str, Any]:
+    """Convert a copy of ``ann`` with ``recipe`` and measure its accuracy at every T."""
+    t0 = time.perf_counter()
+    snn = convert(
+        copy.deepcopy(ann),
+        recipe,
+        calibration,
+        time_steps=TIME_STEPS[-1],
+        **recipe_options(recipe, args),
+    )
+    accuracy = accuracy_vs_time(snn, test, TIME_STEPS)
+    row = {
+        "ann": RECIPES[recipe][0],
+        "latency_offset": latency_offset(snn),
+        "accuracy": {str(t): a for t, a in accuracy.items()},
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    delay = getattr(snn, "readout_delay", 0)
+    if delay:
+        row["readout_delay"] = delay
+    cells = " ".join(f"{100 * a:.2f}" for a in accuracy.values())
+    label = f"{arch} {recipe}" + (f" seed {seed}" if seed is not None else "")
+    print(f"{label}: {cells} ({row['seconds']}s)", flush=True)
+    return row
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--levels", type=int, default=4, help="QCFS levels L")
     parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        help="the first gives the full table; the others rerun qcfs / cos / srp",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--calibration", type=int, default=1024, help="calibration images")
     parser.add_argument("--models", nargs="*", default=list(ARCHITECTURES))
@@ -365,7 +482,8 @@ def main() -> int:
             "epochs": args.epochs,
             "levels": args.levels,
             "lr": args.lr,
-            "seed": args.seed,
+            "seeds": args.seeds,
+            "seeded_recipes": list(SEEDED_RECIPES),
             "calibration_images": args.calibration,
             "recipes": {name: recipe_options(name, args) for name in RECIPES},
             "qcfs_lambda_init": {k: v["qcfs_lambda"] for k, v in ARCHITECTURES.items()},
@@ -382,6 +500,7 @@ def main() -> int:
             "resnet_mini_with_paper_lambda_init",
             "small_cnn_with_paper_lambda_init",
             "exploration_resnet_mini_qcfs",
+            "seeds",
         ):
             if key in previous:
                 results[key] = previous[key]
@@ -399,29 +518,24 @@ def main() -> int:
         block: dict[str, Any] = results["models"].get(arch, {"ann_accuracy": {}, "recipes": {}})
         for recipe in args.recipes:
             activation = RECIPES[recipe][0]
-            options = recipe_options(recipe, args)
             if activation not in anns:
-                t0 = time.perf_counter()
-                anns[activation], acc = trained_ann(arch, activation, args, train, test)
-                block["ann_accuracy"][activation] = acc
-                print(f"{arch} ANN {activation}: {100 * acc:.2f} ({time.perf_counter() - t0:.0f}s)")
-            t0 = time.perf_counter()
-            model = copy.deepcopy(anns[activation])
-            snn = convert(model, recipe, calibration, time_steps=TIME_STEPS[-1], **options)
-            accuracy = accuracy_vs_time(snn, test, TIME_STEPS)
-            row = {
-                "ann": activation,
-                "latency_offset": latency_offset(snn),
-                "accuracy": {str(t): a for t, a in accuracy.items()},
-                "seconds": round(time.perf_counter() - t0, 1),
-            }
-            delay = getattr(snn, "readout_delay", 0)
-            if delay:
-                row["readout_delay"] = delay
-            block["recipes"][recipe] = row
-            cells = " ".join(f"{100 * a:.2f}" for a in accuracy.values())
-            print(f"{arch} {recipe}: {cells} ({row['seconds']}s)", flush=True)
+                anns[activation], block["ann_accuracy"][activation] = trained_ann(
+                    arch, activation, args, train, test
+                )
+            block["recipes"][recipe] = recipe_row(
+                arch, recipe, anns[activation], args, calibration, test
+            )
         results["models"][arch] = block
+        seeded = [r for r in SEEDED_RECIPES if r in args.recipes]
+        if len(args.seeds) > 1 and seeded:
+            by_seed = results.setdefault("seeds", {}).setdefault(arch, {})
+            first = {"ann_accuracy": block["ann_accuracy"]["qcfs"], "recipes": {}}
+            first["recipes"] = {r: {"accuracy": block["recipes"][r]["accuracy"]} for r in seeded}
+            by_seed[str(args.seeds[0])] = first
+            for seed in args.seeds[1:]:
+                ann, accuracy = trained_ann(arch, "qcfs", args, train, test, seed=seed)
+                rows = {r: recipe_row(arch, r, ann, args, calibration, test, seed) for r in seeded}
+                by_seed[str(seed)] = {"ann_accuracy": accuracy, "recipes": rows}
     if args.robust_eps > 0:
         results["robust"] = robust_comparison(args, train, test, calibration)
     results["wall_time_s"] = round(time.perf_counter() - start, 1)
@@ -437,6 +551,8 @@ def main() -> int:
     atomic_write_json(args.out, results)
     write_markdown(args.out.with_suffix(".md"), results)
     print(markdown(results))
+    if results.get("seeds"):
+        print(seeds_markdown(results["seeds"]))
     if "robust" in results:
         print(robust_markdown(results["robust"]))
     if "targets" in results:

@@ -196,6 +196,34 @@ def test_qcfs_snn_at_large_t_approaches_the_clip_ann_not_the_quantised_ann():
 
 
 @pytest.mark.parametrize("which", ["from_torch", "zoo"])
+def test_first_time_step_of_a_qcfs_snn_is_the_ann_with_one_level(which):
+    """At t = 1 a neuron starting at θ/2 fires iff its input is >= θ/2, which is QCFS with
+    L = 1, layer after layer: a T = 1 SNN is exactly its ANN with one level, and the first
+    step of every longer run starts from there. The conversion benchmark traces the residual
+    net's low-T loss to this step (its ANN with L = 1 in the stem falls to 30 %)."""
+    graph, zoo = residual_qcfs_models()
+    model = (graph if which == "from_torch" else zoo).double()
+    for _, n in named_neurons(model):  # low enough that the deep zoo net still fires at L = 1
+        n.clip_value.data.fill_(0.4)
+    for m in model.modules():  # the zoo's classifier and residual BN start at zero
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight)
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(0.0, 0.4)
+    x = torch.rand(16, 1, 8, 8, dtype=torch.float64)
+    one_level = copy.deepcopy(model)
+    for _, n in named_neurons(one_level):
+        n.configure(levels=1)
+    with torch.no_grad():
+        expected, four_levels = one_level(x), model(x)
+        first_step = convert(model, "qcfs", time_steps=1)(x)
+    assert expected.abs().max() > 0.5
+    assert torch.allclose(first_step, expected, atol=1e-12, rtol=0)
+    assert not torch.allclose(first_step, four_levels, atol=1e-3)
+
+
+@pytest.mark.parametrize("which", ["from_torch", "zoo"])
 def test_residual_qcfs_error_at_t_equals_l_is_only_the_residual_potential_error(which):
     """The error budget of plain QCFS on a residual network at T = L, neuron by neuron:
 
