@@ -9,7 +9,8 @@ threshold-balancing. It converts each with its recipes and reads out the accurac
 T = 1, 2, 4, 8, 16, 32 from one run at T = 32 (cumulative readout). COS and SRP spend
 ρ = τ extra steps first: their latency is ρ + T. The first of ``--seeds`` gives the full
 table; every further seed retrains the QCFS ANNs and reruns qcfs, cos and srp, whose
-low-T accuracy depends on the trained network, and the targets are checked for every seed.
+low-T accuracy depends on the trained network; their targets are checked for every seed
+and on the mean over seeds.
 Trained ANNs are cached in ``--runs``; the results go to JSON and a Markdown table.
 
     .venv/bin/python benchmarks/conversion.py [--epochs 4] [--levels 4] [--seeds 0 1 2]
@@ -96,7 +97,8 @@ NOTES = {
         "uniform background, after normalisation) in [θ/8, θ/2) are 1-2 levels at L = 4 but "
         "silent at t = 1, which unbalances the BN-shift currents downstream. Global average "
         "pooling then averages this error, the same at every background position, into every "
-        "feature: with L = 1 in the stem alone the ANN drops to 30 % (seed 2). A linear "
+        "feature: with L = 1 in the stem alone, a pooled QCFS ANN at 96.4 % drops to 29.7 % "
+        "(λ init 1, 8 epochs, seed 2; L = 1 in any later neuron: 89-97 %). A linear "
         "classifier over the whole 7x7 map (resnet_mini_flat, same residual body) learns "
         "to weight the digit, not the background: its QCFS SNN is within 0.2 points of its ANN "
         "at T = 4 and T = 8 for every seed. Longer training or λ init 1 for the pooled net "
@@ -313,9 +315,28 @@ def qcfs_family_targets(ann_qcfs: float, recipes: dict[str, Any]) -> dict[str, b
     }
 
 
+def seed_mean(by_seed: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+    """The mean ANN accuracy and mean qcfs / cos / srp accuracies over seeds."""
+    rows = list(by_seed.values())
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values)
+
+    recipes = {
+        recipe: {
+            "accuracy": {
+                str(t): mean([r["recipes"][recipe]["accuracy"][str(t)] for r in rows])
+                for t in TIME_STEPS
+            }
+        }
+        for recipe in SEEDED_RECIPES
+    }
+    return mean([r["ann_accuracy"] for r in rows]), recipes
+
+
 def targets(results: dict[str, Any]) -> dict[str, Any]:
     """The issue's targets, checked per architecture (first seed; the qcfs-family targets
-    also for every seed of ``results["seeds"]``)."""
+    also for every seed of ``results["seeds"]`` and on their mean)."""
     checks = {}
     for arch, block in results["models"].items():
         rec = block["recipes"]
@@ -332,6 +353,7 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
                 name: all(c[name] for c in per_seed.values())
                 for name in next(iter(per_seed.values()))
             }
+            checks[arch]["seed_mean"] = qcfs_family_targets(*seed_mean(seeds))
             checks[arch]["per_seed"] = per_seed
     return checks
 
