@@ -548,15 +548,20 @@ def main() -> int:
                 arch, recipe, anns[activation], args, calibration, test
             )
         results["models"][arch] = block
-        seeded = [r for r in SEEDED_RECIPES if r in args.recipes]
-        if len(args.seeds) > 1 and seeded:
+        if len(args.seeds) > 1 and set(SEEDED_RECIPES) <= set(args.recipes):
             by_seed = results.setdefault("seeds", {}).setdefault(arch, {})
-            first = {"ann_accuracy": block["ann_accuracy"]["qcfs"], "recipes": {}}
-            first["recipes"] = {r: {"accuracy": block["recipes"][r]["accuracy"]} for r in seeded}
-            by_seed[str(args.seeds[0])] = first
+            by_seed[str(args.seeds[0])] = {
+                "ann_accuracy": block["ann_accuracy"]["qcfs"],
+                "recipes": {
+                    r: {"accuracy": block["recipes"][r]["accuracy"]} for r in SEEDED_RECIPES
+                },
+            }
             for seed in args.seeds[1:]:
                 ann, accuracy = trained_ann(arch, "qcfs", args, train, test, seed=seed)
-                rows = {r: recipe_row(arch, r, ann, args, calibration, test, seed) for r in seeded}
+                rows = {
+                    r: recipe_row(arch, r, ann, args, calibration, test, seed)
+                    for r in SEEDED_RECIPES
+                }
                 by_seed[str(seed)] = {"ann_accuracy": accuracy, "recipes": rows}
     if args.robust_eps > 0:
         results["robust"] = robust_comparison(args, train, test, calibration)
