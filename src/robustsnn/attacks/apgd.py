@@ -82,6 +82,7 @@ def _apgd_run(
     batch = x.shape[0]
     rows = torch.arange(batch, device=x.device)
     x_adv = start.clone()
+    victim.new_run()
     grad, loss, logits = victim.gradient(x_adv, y, ids, loss_for(rows), f"{stream}:i0")
     fooled = _verdict(victim, x_adv, y, ids, logits)
     x_best, x_best_adv, grad_best = x_adv.clone(), x_adv.clone(), grad.clone()

@@ -134,6 +134,7 @@ def pgd(
             if rows.numel() == 0:
                 break
             cur = x[rows].clone()
+            victim.new_run()
             if random_init:
                 cur = random_start(cur, eps, norm, victim.random, ids[rows.cpu()], f"start{r}")
             for i in range(steps):

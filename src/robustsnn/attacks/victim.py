@@ -21,6 +21,7 @@ from torch import nn
 
 from robustsnn.attacks.core import LossFn, path_context
 from robustsnn.attacks.seeding import SampleRandom, sample_ids
+from robustsnn.snn.adaptive import SharpnessState, using_sharpness_state
 from robustsnn.snn.network import get_time_steps
 from robustsnn.snn.paths import GradientPath, parse_path
 
@@ -118,6 +119,14 @@ class Victim:
         self.eot = eot if self.stochastic_gradient else 1
         self.draws = draws if self.stochastic else 1
         self.random = SampleRandom(seed, key)
+        self.adaptive: SharpnessState | None = None
+        self.new_run()
+
+    def new_run(self) -> None:
+        """Forget adaptive gradient state (ASSG's sharpness statistics): every attack run and
+        every restart starts fresh. Attacks call it at the start of each run."""
+        adaptive = self.path is not None and self.path.kind == "assg" and self.steps > 0
+        self.adaptive = SharpnessState() if adaptive else None
 
     @property
     def exact(self) -> bool:
@@ -159,7 +168,8 @@ class Victim:
                 inp = xg
                 if self.stochastic_gradient:
                     inp = poisson_spikes(xg, self.steps, ids, self.random, f"eot:{stream}:k{k}")
-                logits = self.model(inp)
+                with using_sharpness_state(self.adaptive, ids, frozen=k > 0):
+                    logits = self.model(inp)
                 loss = loss_fn(logits, y)
                 (g,) = torch.autograd.grad(loss.sum(), xg)
                 grad += g.detach()

@@ -171,21 +171,35 @@ def cumulative_std(membrane: torch.Tensor) -> torch.Tensor:
 Recipe = Callable[[torch.Tensor], torch.Tensor]
 
 
+Sharpness = Callable[[torch.Tensor], torch.Tensor]
+
+
 class IFFunction(torch.autograd.Function):
     """IF dynamics over all time steps with a hand-written backward for every gradient path.
 
     Inputs: the neuron input ``x``, θ, v0, ``source`` (the tensor ``recipe`` turns back into
-    ``x``, or None), the firing ``pattern`` to fill (or None), then the settings. Never saves
-    the float spikes; the rate paths save no potentials at all.
+    ``x``, or None), the firing ``pattern`` to fill (or None), then the settings, and for ASSG
+    the function that maps ``|u − θ|`` ``[T, B, ...]`` to the sharpness α. Never saves the
+    float spikes; the rate paths save no potentials at all.
     """
 
     @staticmethod
-    def forward(ctx, x, threshold, v0, source, pattern, dyn: Dynamics, recipe: Recipe | None):
+    def forward(
+        ctx,
+        x,
+        threshold,
+        v0,
+        source,
+        pattern,
+        dyn: Dynamics,
+        recipe: Recipe | None,
+        sharpness: Sharpness | None = None,
+    ):
         path = dyn.path
         compiled = path.kind in kernel.SURROGATES and kernel.usable(x, threshold, v0)
         if path.is_rate:
             kept = "nothing"
-        elif path.kind == "pdsg":
+        elif path.kind in ("pdsg", "assg", "hart"):
             kept = "membrane"
         elif recipe is not None:
             kept = "recipe"
@@ -202,6 +216,10 @@ class IFFunction(torch.autograd.Function):
             extra = (out != 0).any(0)
         elif path.kind == "pdsg":
             extra = cumulative_std(membrane)
+        elif path.kind == "assg":
+            if sharpness is None:
+                raise ValueError("the assg path needs a sharpness function")
+            extra = sharpness((membrane - threshold).abs_())
         saved = {"membrane": membrane, "input": x, "recipe": source, "nothing": None}[kept]
         replayed = kept in ("input", "recipe")
         ctx.save_for_backward(saved, threshold, v0, extra, pattern if replayed else None)
@@ -218,7 +236,7 @@ class IFFunction(torch.autograd.Function):
         amp = threshold if dyn.amplitude_is_threshold else None
         need_theta = ctx.needs_input_grad[1]
         need_v0 = ctx.needs_input_grad[2]
-        rest = (None,) * 4
+        rest = (None,) * 5
 
         if path.is_rate:
             if path.kind == "bptr":
@@ -230,6 +248,8 @@ class IFFunction(torch.autograd.Function):
 
         if ctx.compiled:
             return (*_compiled_backward(ctx, grad_out, saved, threshold, v0, pattern), *rest)
+        if path.kind == "hart":
+            return (*_hart_backward(ctx, grad_out, saved, threshold, v0, pattern), *rest)
         if ctx.kept == "membrane":
             membrane = saved
         else:
@@ -260,18 +280,22 @@ class IFFunction(torch.autograd.Function):
                 else:
                     spikes.copy_(pattern[t])
             torch.sub(m, threshold, out=u)
-            sg = _surrogate_(path, u, extra[t] if path.kind == "pdsg" else None)
+            sg = _surrogate_(path, u, extra[t] if path.kind in ("pdsg", "assg") else None)
             g = grad_out[t] if amp is None else torch.mul(grad_out[t], amp, out=g_buf)
             if dm is None:  # last step: nothing flows back from later steps
                 torch.mul(g, sg, out=grad_x[t])
                 g_step = g
             else:
                 dv = dm if dv_buf is None else torch.mul(dm, dyn.leak, out=dv_buf)
-                if dyn.soft_reset:
+                if path.detach_reset:  # the reset's spike is a constant: no term through σ'
+                    g_spike.copy_(g)
+                elif dyn.soft_reset:
                     torch.addcmul(g, dv, threshold, value=-1, out=g_spike)
-                    torch.addcmul(dv, g_spike, sg, out=grad_x[t])
                 else:
                     torch.addcmul(g, dv, m, value=-1, out=g_spike)
+                if dyn.soft_reset:
+                    torch.addcmul(dv, g_spike, sg, out=grad_x[t])
+                else:
                     torch.addcmul(dv, dv, spikes, value=-1, out=dv_not_fired)
                     torch.addcmul(dv_not_fired, g_spike, sg, out=grad_x[t])
                 g_step = g_spike
@@ -290,6 +314,28 @@ class IFFunction(torch.autograd.Function):
         if dyn.static:
             grad_x = grad_x.sum(0)
         return grad_x, grad_theta, grad_v0, *rest
+
+
+def _hart_backward(ctx, grad_out, saved, threshold, v0, pattern):
+    """HART (Hao et al., ICLR 2024): no gradient between time steps (the potential is cut off
+    from its past), a triangle surrogate, and each step's input gradient replaced by its mean
+    over the steps (the rate information). ``(dL/dx, dL/dθ, None)``."""
+    dyn: Dynamics = ctx.dyn
+    membrane = saved
+    u = membrane - threshold
+    sg = dyn.path.surrogate(u)
+    g = grad_out if not dyn.amplitude_is_threshold else grad_out * threshold
+    per_step = g * sg
+    grad_theta = None
+    if ctx.needs_input_grad[1]:
+        grad_theta = -per_step.sum(0)
+        if dyn.amplitude_is_threshold:
+            fired = dyn.fire(membrane, threshold, out=torch.empty_like(membrane, dtype=torch.bool))
+            grad_theta = grad_theta + (grad_out * fired).sum(0)
+        grad_theta = _reduce_to(grad_theta, threshold.shape)
+    mean = per_step.mean(0)
+    grad_x = mean * dyn.steps if dyn.static else mean.unsqueeze(0).expand_as(per_step).clone()
+    return grad_x, grad_theta, None
 
 
 def _compiled_backward(ctx, grad_out, saved, threshold, v0, pattern):

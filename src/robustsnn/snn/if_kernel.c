@@ -101,13 +101,14 @@ void if_forward(int64_t steps, int64_t n, const float *x,
 /* source_kind 0: source is the membrane [T, n] of the forward pass; 1: source is its input
  * (static or [T, n]) and the potentials are replayed, with the forward's firing pattern when
  * one is given. grad_x is [T, n], or [n] summed over steps when static; it may be the same
- * array as a [T, n] source. grad_theta and grad_v0 ([n], per neuron) may be NULL.
+ * array as a [T, n] source. grad_theta and grad_v0 ([n], per neuron) may be NULL. With
+ * detach_reset the spike in the reset counts as a constant (no term through the surrogate).
  * Returns 0, or -1 when a buffer could not be allocated. */
 int if_backward(int64_t steps, int64_t n, const float *source,
                 int source_kind, int static_input, const uint8_t *pattern, const float *theta,
                 int theta_full, const float *v0, int v0_full, float leak, int soft_reset,
-                int strict, int amplitude_is_theta, int kind, float p0, float p1,
-                const float *grad_out, float *grad_x, float *grad_theta, float *grad_v0) {
+                int strict, int amplitude_is_theta, int detach_reset, int kind, float p0,
+                float p1, const float *grad_out, float *grad_x, float *grad_theta, float *grad_v0) {
     const float soft = soft_reset ? 1.0f : 0.0f, amplitude = amplitude_is_theta ? 1.0f : 0.0f;
     int64_t blocks = (n + BLOCK - 1) / BLOCK;
     int failed = 0;
@@ -157,7 +158,7 @@ int if_backward(int64_t steps, int64_t n, const float *source,
             for (i = 0; i < len; i++) {
                 float g = go[i] * (amplitude_is_theta ? th[i] : 1.0f);
                 float dv = dm[i] * leak;
-                float g_spike = g - dv * (soft_reset ? th[i] : m[i]);
+                float g_spike = detach_reset ? g : g - dv * (soft_reset ? th[i] : m[i]);
                 float d = (dv - dv * s[i] * (1.0f - soft)) + g_spike * sg[i];
                 gtheta[i] += amplitude * go[i] * s[i] - g_spike * sg[i] - soft * dv * s[i];
                 dm[i] = d;

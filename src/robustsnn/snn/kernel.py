@@ -58,7 +58,7 @@ _i64, _int, _flt, _ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_
 _FORWARD_ARGS = [_i64, _i64, _ptr, _int, _ptr, _int, _ptr, _int, _flt, _int, _int, _int]
 _FORWARD_ARGS += [_ptr, _ptr, _ptr, _ptr]
 _BACKWARD_ARGS = [_i64, _i64, _ptr, _int, _int, _ptr, _ptr, _int, _ptr, _int, _flt, _int]
-_BACKWARD_ARGS += [_int, _int, _int, _flt, _flt, _ptr, _ptr, _ptr, _ptr]
+_BACKWARD_ARGS += [_int, _int, _int, _int, _flt, _flt, _ptr, _ptr, _ptr, _ptr]
 _POOL_ARGS = [_i64, _ptr, _i64, _i64, _i64, _i64, _ptr, _i64, _ptr]
 
 
@@ -228,7 +228,8 @@ def backward(
     status = library().if_backward(
         dyn.steps, step_shape.numel(), source.data_ptr(), 0 if source_is_membrane else 1,
         int(dyn.static), _address(pattern), *neurons, dyn.leak, int(dyn.soft_reset),
-        int(dyn.strict), int(dyn.amplitude_is_threshold), SURROGATES[dyn.path.kind], *params,
+        int(dyn.strict), int(dyn.amplitude_is_threshold), int(dyn.path.detach_reset),
+        SURROGATES[dyn.path.kind], *params,
         grad_out.data_ptr(), grad_x.data_ptr(), _address(grad_theta), _address(grad_v0),
     )  # fmt: skip
     if status != 0:

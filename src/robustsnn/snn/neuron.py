@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustsnn.snn.adaptive import SharpnessState, active_sharpness_state
 from robustsnn.snn.bptt import Dynamics, IFFunction, simulate
 from robustsnn.snn.compact import active_store
 from robustsnn.snn.paths import GradientPath, parse_path
@@ -250,13 +251,20 @@ class Neuron(nn.Module):
                 pattern = torch.empty(
                     (steps, *dyn.step_shape(seq)), dtype=torch.bool, device=x.device
                 )
-            out, final = IFFunction.apply(seq, theta, v0, source, pattern, dyn, recipe)
+            sharpness = self._sharpness if self.gradient_path.kind == "assg" else None
+            out, final = IFFunction.apply(seq, theta, v0, source, pattern, dyn, recipe, sharpness)
             if store is not None:
                 store.add_spikes(out, pattern, theta if amp else None)
         else:
             out, final = simulate(seq, dyn, theta, v0)
         self.final_potential = final.detach() if self.record_potential else None
         return out.reshape(-1, *out.shape[2:])
+
+    def _sharpness(self, distance: torch.Tensor) -> torch.Tensor:
+        """ASSG's sharpness α for this neuron's |u − θ| ``[T, B, ...]`` (see
+        :mod:`robustsnn.snn.adaptive`): the attack's state if one is bound, else fresh."""
+        state = active_sharpness_state() or SharpnessState()
+        return state.sharpness(self, distance, self.gradient_path.sharpness_scale)
 
     def _initial_potential(self, theta: torch.Tensor, per_sample: int) -> torch.Tensor:
         mode = self.initial_potential_mode
