@@ -184,7 +184,9 @@ def test_hart_backward_by_hand():
     assert x.grad.flatten().tolist() == pytest.approx([mean] * 3, abs=1e-6)
 
 
-@pytest.mark.parametrize("path", ["assg/dr", "hart:1.0", "arctan:8.0/dr", "triangle:1.0/dr", "assg:gaussian"])
+@pytest.mark.parametrize(
+    "path", ["assg/dr", "hart:1.0", "arctan:8.0/dr", "triangle:1.0/dr", "assg:gaussian"]
+)
 def test_new_paths_give_gradients_on_a_network(path):
     torch.manual_seed(0)
     model = create_model("small_cnn", input_shape=(1, 8, 8), num_classes=4, channels=[4, 8])

@@ -57,7 +57,9 @@ class SharpnessState:
         distance = distance.detach()
         rows = self._rows
         if rows is None or rows.numel() != distance.shape[1]:
-            mean, spread = self._update(torch.ones_like(distance), torch.zeros_like(distance), distance)
+            mean, spread = self._update(
+                torch.ones_like(distance), torch.zeros_like(distance), distance
+            )
             return scale / (mean + self.kappa * spread + FLOOR)
         mean_all, spread_all = self._stats_for(key, distance)
         index = rows.to(distance.device)
