@@ -184,3 +184,25 @@ def test_compact_backward_rebuilds_pooled_spikes_with_the_kernel(monkeypatch):
     set_time_steps(model, 4)
     F.cross_entropy(model(torch.rand(2, 1, 28, 28)), torch.tensor([0, 1])).backward()
     assert len(calls) == 2  # the two pooled spike maps that conv2 and fc1 saved
+
+
+@pytest.mark.parametrize("shape", ["atan", "rect", "triangle", "sigmoid", "gaussian"])
+@pytest.mark.parametrize("detached", [False, True])
+@pytest.mark.parametrize(("soft", "static"), [(True, False), (False, True), (False, False)])
+def test_kernel_matches_torch_for_assg(monkeypatch, shape, detached, soft, static):
+    """ASSG's per-element sharpness (a function of |u − θ|) in the kernel and in torch."""
+    x, theta, v0 = inputs(static, True, "half")
+    path = parse_path(f"assg:{shape}" + ("/dr" if detached else ""))
+    dyn = Dynamics(6, static, 1.0, soft, False, False, path)
+    results = {}
+    for mode in ("on", "off"):
+        monkeypatch.setenv("ROBUSTSNN_KERNEL", mode)
+        xs, th = x.clone().requires_grad_(True), theta.clone().requires_grad_(True)
+        out, _ = IFFunction.apply(xs, th, v0, None, None, dyn, None, lambda d: 2.0 / (d + 0.5))
+        grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
+        (out * grad).sum().backward()
+        results[mode] = (out.detach(), xs.grad, th.grad)
+    assert torch.equal(results["on"][0], results["off"][0])
+    for a, b in zip(results["on"][1:], results["off"][1:], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * max(1.0, float(b.abs().max())))
+    assert results["on"][1].abs().sum() > 0

@@ -30,6 +30,7 @@ from robustsnn.attacks.reference import (
     autoattack_available,
     autoattack_cross_check,
 )
+from robustsnn.attacks.sapgd import sapgd
 from robustsnn.attacks.seeding import SampleRandom, derive_seed
 from robustsnn.attacks.square import square
 from robustsnn.attacks.suite import (
@@ -88,6 +89,7 @@ __all__ = [
     "random_start",
     "rfgsm",
     "run_member",
+    "sapgd",
     "square",
     "true_logits",
     "worst_case_accuracy",

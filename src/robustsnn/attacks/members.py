@@ -20,12 +20,13 @@ from torch import nn
 from robustsnn.attacks.apgd import apgd, apgd_t
 from robustsnn.attacks.core import check_budget, eval_mode, perturbation_norm
 from robustsnn.attacks.pgd import fgsm, pgd, rfgsm
+from robustsnn.attacks.sapgd import sapgd
 from robustsnn.attacks.seeding import derive_seed
 from robustsnn.attacks.square import square
 from robustsnn.attacks.victim import correct_fraction
 from robustsnn.snn.paths import parse_path
 
-GRADIENT_ATTACKS = ("fgsm", "rfgsm", "pgd", "apgd-ce", "apgd-dlr", "apgd-t")
+GRADIENT_ATTACKS = ("fgsm", "rfgsm", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "sapgd")
 ATTACKS = (*GRADIENT_ATTACKS, "square")
 
 # Relative cost of one member on one sample, in gradient (or query) evaluations.
@@ -114,6 +115,8 @@ class Member:
         iterative = {"steps": self.steps, "restarts": self.restarts, "draws": draws, **common}
         if self.attack == "pgd":
             return pgd(model, x, y, eps, step_size=self.step_size, **iterative)
+        if self.attack == "sapgd":
+            return sapgd(model, x, y, eps, **iterative)
         if self.attack == "apgd-t":
             return apgd_t(model, x, y, eps, targets=self.targets, **iterative)
         return apgd(model, x, y, eps, loss=self.attack.removeprefix("apgd-"), **iterative)

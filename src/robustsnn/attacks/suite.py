@@ -1,13 +1,25 @@
 """Attack suites as configuration: which members, which budgets, how many samples.
 
 A :class:`Suite` is a plain dataclass that round-trips through YAML/dict. Its members are every
-gradient attack in ``attacks`` through every path in ``paths``, then one transfer member per
-source model named in ``transfer``, then Square if ``square`` is in ``attacks``. Built-ins:
+gradient attack in ``attacks`` through every path in ``paths``, then the single members named in
+``pairs`` (``attack/path``), then one transfer member per source model named in ``transfer``,
+then Square if ``square`` is in ``attacks``. Built-ins:
 
-* ``quick``: FGSM and PGD-10 over five paths, 200 samples, light diagnostics;
+* ``strong`` (the default of ``robustsnn evaluate``): the few members that were never beaten,
+  per sample, by anything else the toolkit has (``benchmarks/frontier_eval.py``): SA-PGD
+  through ASSG with the reset detached, its A tuned per victim on samples that are not
+  reported, APGD-DLR through a sharp fixed ATan with the reset detached, and APGD-CE for the
+  ANN proxy and the model's plain BPTT;
+* ``quick``: FGSM and PGD-10 over six paths (one sharp with the reset detached), 200 samples,
+  light diagnostics;
 * ``paper``: the primary paper's ensemble (FGSM, PGD-10, APGD-CE, APGD-DLR, APGD-T over the
-  19 ``paper19`` paths) with the standard 100-iteration APGD;
-* ``full``: ``paper`` over the ``extended`` paths plus Square (5,000 queries).
+  19 ``paper19`` paths) with the standard 100-iteration APGD, exactly as published;
+* ``full``: ``paper`` and SA-PGD over the ``extended``, ``frontier`` and ``sharpness`` paths,
+  plus Square (5,000 queries).
+
+``tune_iterations`` > 0 picks the sharpness of every tunable path (ASSG's A, a fixed ATan's or
+sigmoid's α, HART's width) per victim and ε by a ternary search on ``tune_samples`` samples
+that are not among those reported (see :mod:`~robustsnn.attacks.tuning`).
 
 Diagnostics run with every suite unless ``diagnostics: false``.
 """
@@ -22,7 +34,7 @@ import yaml
 
 from robustsnn.attacks.core import NORMS
 from robustsnn.attacks.members import ATTACKS, GRADIENT_ATTACKS, Member
-from robustsnn.snn.paths import PATH_SETS, expand_paths
+from robustsnn.snn.paths import PATH_SETS, expand_paths, parse_path
 
 ORDERS = ("adaptive", "fixed")
 DIAGNOSTICS = (
@@ -41,12 +53,14 @@ class Suite:
 
     Args:
         name: label used for the results file (``eval/NAME.json``).
-        attacks: base attacks, from ``fgsm rfgsm pgd apgd-ce apgd-dlr apgd-t square``.
-        paths: a named set (``paper19``, ``extended``, ``quick``) or a list of path strings.
+        attacks: base attacks, from ``fgsm rfgsm pgd apgd-ce apgd-dlr apgd-t sapgd square``.
+        paths: a named set (``paper19``, ``extended``, ``frontier``, ``sharpness``, ``quick``)
+            or a list of path strings and set names.
+        pairs: extra single members ``attack/path`` (e.g. ``sapgd/assg:atan:0.425/dr``).
         eps: budgets in [0, 1] pixel units (L∞) or L2 norm.
         norm: ``linf`` or ``l2`` (Square is L∞ only).
         steps: PGD iterations (step 2.5·ε/steps).
-        apgd_steps: APGD / APGD-T iterations.
+        apgd_steps: APGD / APGD-T / SA-PGD iterations.
         restarts: random restarts of PGD and APGD (per target for APGD-T).
         targets: APGD-T target classes.
         queries: Square queries.
@@ -64,11 +78,15 @@ class Suite:
         diagnostics: True, False or a list of names from :data:`DIAGNOSTICS`.
         diagnostic_samples: samples the diagnostics run on.
         diagnostic_queries: Square queries of the white- vs black-box diagnostic.
+        tune_iterations: ternary-search iterations per tunable path (0: no tuning).
+        tune_samples: samples of the search, taken after the reported ones.
+        tune_steps: SA-PGD iterations of each trial of the search.
     """
 
     name: str = "custom"
     attacks: list[str] = field(default_factory=lambda: ["pgd"])
     paths: str | list[str] = "paper19"
+    pairs: list[str] = field(default_factory=list)
     eps: list[float] = field(default_factory=lambda: [8 / 255])
     norm: str = "linf"
     steps: int = 10
@@ -89,6 +107,9 @@ class Suite:
     diagnostics: bool | list[str] = True
     diagnostic_samples: int = 100
     diagnostic_queries: int = 1000
+    tune_iterations: int = 0
+    tune_samples: int = 64
+    tune_steps: int = 20
 
     def __post_init__(self) -> None:
         self.validate()
@@ -100,19 +121,30 @@ class Suite:
             _bad("name", self.name, "a non-empty name without '/'")
         if isinstance(self.attacks, str):
             self.attacks = [a.strip() for a in self.attacks.split(",") if a.strip()]
-        if not self.attacks:
+        if isinstance(self.pairs, str):
+            self.pairs = [p.strip() for p in self.pairs.split(",") if p.strip()]
+        if not self.attacks and not self.pairs:
             _bad("attacks", self.attacks, f"a non-empty list from {', '.join(ATTACKS)}")
+        for pair in self.pairs:
+            attack, slash, path = str(pair).partition("/")
+            if not slash or attack not in GRADIENT_ATTACKS:
+                accepted = f"'attack/path' with an attack from {', '.join(GRADIENT_ATTACKS)}"
+                _bad("pairs", pair, accepted)
+            try:
+                parse_path(path)
+            except ValueError as err:
+                raise ValueError(f"suite key 'pairs': {pair!r}: {err}") from None
         for a in self.attacks:
             if a not in ATTACKS:
                 _bad("attacks", a, ", ".join(ATTACKS))
         if len(set(self.attacks)) != len(self.attacks):
             _bad("attacks", self.attacks, "each attack once")
-        try:
-            expand_paths(self.paths)
-        except (ValueError, TypeError) as err:
-            raise ValueError(
-                f"suite key 'paths': {err} (a set from {', '.join(PATH_SETS)} or a list of paths)"
-            ) from None
+        if isinstance(self.paths, list) and not self.paths:
+            gradient = [a for a in self.attacks if a != "square"]
+            if gradient:
+                _bad("paths", self.paths, f"a set or list of paths for {', '.join(gradient)}")
+        else:
+            self._expand_paths()
         if isinstance(self.eps, (int, float)):
             self.eps = [self.eps]
         if not self.eps or any(
@@ -129,6 +161,12 @@ class Suite:
         for key in ("eot", "draws", "screening_samples", "diagnostic_samples"):
             _positive_int(key, getattr(self, key))
         _positive_int("diagnostic_queries", self.diagnostic_queries)
+        for key in ("tune_samples", "tune_steps"):
+            _positive_int(key, getattr(self, key))
+        if isinstance(self.tune_iterations, bool) or not isinstance(self.tune_iterations, int):
+            _bad("tune_iterations", self.tune_iterations, "an integer >= 0")
+        if self.tune_iterations < 0:
+            _bad("tune_iterations", self.tune_iterations, "an integer >= 0")
         if self.samples is not None:
             _positive_int("samples", self.samples)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
@@ -151,9 +189,25 @@ class Suite:
                     _bad("diagnostics", d, f"true, false or a list from {', '.join(DIAGNOSTICS)}")
 
     # ---- members ------------------------------------------------------------------------
+    def _expand_paths(self) -> list[str]:
+        if isinstance(self.paths, list) and not self.paths:
+            return []
+        try:
+            return [str(p) for p in expand_paths(self.paths)]
+        except (ValueError, TypeError) as err:
+            raise ValueError(
+                f"suite key 'paths': {err} (a set from {', '.join(PATH_SETS)} or a list of paths)"
+            ) from None
+
     def path_list(self) -> list[str]:
-        """The gradient paths, expanded and in order."""
-        return [str(p) for p in expand_paths(self.paths)]
+        """The gradient paths of the suite's members, expanded and in order (``paths``, then
+        those of ``pairs``)."""
+        out = self._expand_paths()
+        for pair in self.pairs:
+            path = str(parse_path(pair.partition("/")[2]))
+            if path not in out:
+                out.append(path)
+        return out
 
     def members(self, spiking: bool = True) -> list[Member]:
         """Members in the suite's fixed order: attack-major over paths, transfer, Square.
@@ -161,8 +215,13 @@ class Suite:
         For a model that does not spike (T = 0) every path gives the same gradient, so each
         gradient attack runs once with the model's own gradient.
         """
-        paths: list[str | None] = self.path_list() if spiking else [None]
+        paths: list[str | None] = self._expand_paths() if spiking else [None]
         out = [self._member(a, p) for a in self.attacks if a != "square" for p in paths]
+        for pair in self.pairs:
+            attack, _, path = pair.partition("/")
+            member = self._member(attack, path if spiking else None)
+            if member.name not in {m.name for m in out}:
+                out.append(member)
         for source in self.transfer:
             out.append(self._member(self.transfer_attack, None, source))
         if "square" in self.attacks:
@@ -170,7 +229,7 @@ class Suite:
         return out
 
     def _member(self, attack: str, path: str | None, source: str | None = None) -> Member:
-        steps = self.steps if attack == "pgd" else self.apgd_steps
+        steps = self.steps if attack in ("pgd", "fgsm", "rfgsm") else self.apgd_steps
         return Member(
             attack,
             path,
@@ -229,6 +288,16 @@ def _positive_int(key: str, value: Any) -> None:
 
 
 BUILTIN_SUITES: dict[str, dict[str, Any]] = {
+    "strong": {
+        "attacks": [],
+        "paths": [],
+        "pairs": [
+            "sapgd/assg:atan:0.425/dr",
+            "apgd-dlr/arctan:8.0/dr",
+            "apgd-ce/ann",
+        ],
+        "tune_iterations": 4,
+    },
     "quick": {
         "attacks": ["fgsm", "pgd"],
         "paths": "quick",
@@ -243,8 +312,8 @@ BUILTIN_SUITES: dict[str, dict[str, Any]] = {
         "paths": "paper19",
     },
     "full": {
-        "attacks": ["fgsm", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "square"],
-        "paths": "extended",
+        "attacks": ["fgsm", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "sapgd", "square"],
+        "paths": ["extended", "frontier", "sharpness"],
         "queries": 5000,
         "diagnostic_queries": 5000,
     },

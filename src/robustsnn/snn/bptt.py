@@ -196,7 +196,7 @@ class IFFunction(torch.autograd.Function):
         sharpness: Sharpness | None = None,
     ):
         path = dyn.path
-        compiled = path.kind in kernel.SURROGATES and kernel.usable(x, threshold, v0)
+        compiled = kernel.supports(path) and kernel.usable(x, threshold, v0)
         if path.is_rate:
             kept = "nothing"
         elif path.kind in ("pdsg", "assg", "hart"):
@@ -247,7 +247,11 @@ class IFFunction(torch.autograd.Function):
             return (grad_x.sum(0) if dyn.static else grad_x), None, None, *rest
 
         if ctx.compiled:
-            return (*_compiled_backward(ctx, grad_out, saved, threshold, v0, pattern), *rest)
+            sharpness = extra if path.kind == "assg" else None
+            return (
+                *_compiled_backward(ctx, grad_out, saved, threshold, v0, pattern, sharpness),
+                *rest,
+            )
         if path.kind == "hart":
             return (*_hart_backward(ctx, grad_out, saved, threshold, v0, pattern), *rest)
         if ctx.kept == "membrane":
@@ -338,7 +342,7 @@ def _hart_backward(ctx, grad_out, saved, threshold, v0, pattern):
     return grad_x, grad_theta, None
 
 
-def _compiled_backward(ctx, grad_out, saved, threshold, v0, pattern):
+def _compiled_backward(ctx, grad_out, saved, threshold, v0, pattern, sharpness=None):
     """``(dL/dx, dL/dθ, dL/dv0)`` of :class:`IFFunction` from the compiled kernel."""
     dyn: Dynamics = ctx.dyn
     source, overwrite = saved, False
@@ -350,6 +354,7 @@ def _compiled_backward(ctx, grad_out, saved, threshold, v0, pattern):
     grad_x, grad_theta, grad_v0 = kernel.backward(
         source, ctx.kept == "membrane", dyn, threshold, v0, grad_out, pattern,
         ctx.needs_input_grad[1], ctx.needs_input_grad[2], overwrite_source=overwrite,
+        sharpness=sharpness,
     )  # fmt: skip
     if grad_theta is not None:
         grad_theta = _reduce_to(grad_theta, threshold.shape)

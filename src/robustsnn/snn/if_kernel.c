@@ -21,6 +21,41 @@
 #define PI 3.14159265358979323846
 
 enum { TRIANGLE, RECT, EXP, SIGMOID, ARCTAN, GAUSSIAN, STE };
+enum { ADAPTIVE_ATAN = 16, ADAPTIVE_RECT, ADAPTIVE_TRIANGLE, ADAPTIVE_SIGMOID, ADAPTIVE_GAUSSIAN };
+
+/* ASSG: the shape's derivative with a sharpness a[i] per element (unit mass each). */
+static void adaptive_surrogate(int kind, const float *a, const float *u, float *out,
+                               int64_t len) {
+    int64_t i;
+    switch (kind) {
+    case ADAPTIVE_ATAN:
+        for (i = 0; i < len; i++) {
+            float z = (float)(PI / 2.0) * a[i] * u[i];
+            out[i] = (a[i] / 2.0f) / (1.0f + z * z);
+        }
+        break;
+    case ADAPTIVE_RECT:
+        for (i = 0; i < len; i++) out[i] = fabsf(u[i]) < 1.0f / a[i] ? a[i] / 2.0f : 0.0f;
+        break;
+    case ADAPTIVE_TRIANGLE:
+        for (i = 0; i < len; i++) {
+            float r = 1.0f - a[i] * fabsf(u[i]);
+            out[i] = a[i] * (r > 0.0f ? r : 0.0f);
+        }
+        break;
+    case ADAPTIVE_SIGMOID:
+        for (i = 0; i < len; i++) {
+            float s = 1.0f / (1.0f + expf(-a[i] * u[i]));
+            out[i] = a[i] * s * (1.0f - s);
+        }
+        break;
+    default:
+        for (i = 0; i < len; i++) {
+            float z = a[i] * u[i];
+            out[i] = a[i] / (float)sqrt(2.0 * PI) * expf(-(z * z) / 2.0f);
+        }
+    }
+}
 
 static void surrogate(int kind, float p0, float p1, const float *u, float *out, int64_t len) {
     int64_t i;
@@ -103,12 +138,14 @@ void if_forward(int64_t steps, int64_t n, const float *x,
  * one is given. grad_x is [T, n], or [n] summed over steps when static; it may be the same
  * array as a [T, n] source. grad_theta and grad_v0 ([n], per neuron) may be NULL. With
  * detach_reset the spike in the reset counts as a constant (no term through the surrogate).
+ * sharpness ([T, n], or NULL) is ASSG's per-element sharpness for the ADAPTIVE_* kinds.
  * Returns 0, or -1 when a buffer could not be allocated. */
 int if_backward(int64_t steps, int64_t n, const float *source,
                 int source_kind, int static_input, const uint8_t *pattern, const float *theta,
                 int theta_full, const float *v0, int v0_full, float leak, int soft_reset,
                 int strict, int amplitude_is_theta, int detach_reset, int kind, float p0,
-                float p1, const float *grad_out, float *grad_x, float *grad_theta, float *grad_v0) {
+                float p1, const float *sharpness, const float *grad_out, float *grad_x,
+                float *grad_theta, float *grad_v0) {
     const float soft = soft_reset ? 1.0f : 0.0f, amplitude = amplitude_is_theta ? 1.0f : 0.0f;
     int64_t blocks = (n + BLOCK - 1) / BLOCK;
     int failed = 0;
@@ -154,7 +191,10 @@ int if_backward(int64_t steps, int64_t n, const float *source,
             const float *m = potential + t * BLOCK, *s = fired + t * BLOCK;
             const float *go = grad_out + t * n + c0;
             for (i = 0; i < len; i++) sg[i] = m[i] - th[i];
-            surrogate(kind, p0, p1, sg, sg, len);
+            if (sharpness)
+                adaptive_surrogate(kind, sharpness + t * n + c0, sg, sg, len);
+            else
+                surrogate(kind, p0, p1, sg, sg, len);
             for (i = 0; i < len; i++) {
                 float g = go[i] * (amplitude_is_theta ? th[i] : 1.0f);
                 float dv = dm[i] * leak;

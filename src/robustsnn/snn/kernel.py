@@ -49,6 +49,7 @@ SURROGATES = {
     "gaussian": 5,
     "ste": 6,
 }
+ADAPTIVE = {"atan": 16, "rect": 17, "triangle": 18, "sigmoid": 19, "gaussian": 20}
 
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
@@ -58,7 +59,7 @@ _i64, _int, _flt, _ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_
 _FORWARD_ARGS = [_i64, _i64, _ptr, _int, _ptr, _int, _ptr, _int, _flt, _int, _int, _int]
 _FORWARD_ARGS += [_ptr, _ptr, _ptr, _ptr]
 _BACKWARD_ARGS = [_i64, _i64, _ptr, _int, _int, _ptr, _ptr, _int, _ptr, _int, _flt, _int]
-_BACKWARD_ARGS += [_int, _int, _int, _int, _flt, _flt, _ptr, _ptr, _ptr, _ptr]
+_BACKWARD_ARGS += [_int, _int, _int, _int, _flt, _flt, _ptr, _ptr, _ptr, _ptr, _ptr]
 _POOL_ARGS = [_i64, _ptr, _i64, _i64, _i64, _i64, _ptr, _i64, _ptr]
 
 
@@ -144,6 +145,11 @@ def library() -> ctypes.CDLL | None:
     return _library
 
 
+def supports(path) -> bool:
+    """Whether the kernel's backward has the surrogate of this gradient path."""
+    return path.kind in SURROGATES or path.kind == "assg"
+
+
 def usable(*tensors: torch.Tensor | None) -> bool:
     """Whether the kernel can run on these tensors (CPU float32) and is enabled and built."""
     for tensor in tensors:
@@ -207,11 +213,13 @@ def backward(
     need_threshold: bool,
     need_v0: bool,
     overwrite_source: bool = False,
+    sharpness: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """BPTT through the recurrence: ``(dL/dx, dL/dθ per neuron, dL/dv0 per neuron)``.
 
     ``source`` is the forward's membrane ``[T, ...]`` or its input (replayed). With
     ``overwrite_source`` (a ``[T, ...]`` input of no further use) dL/dx is written into it.
+    ``sharpness`` ``[T, ...]`` is ASSG's per-element sharpness (the ``assg`` path only).
     """
     source = source.detach().contiguous()
     grad_out = grad_out.contiguous()
@@ -225,12 +233,19 @@ def backward(
     grad_theta = torch.empty(step_shape) if need_threshold else None
     grad_v0 = torch.empty(step_shape) if need_v0 else None
     params = (*dyn.path.params, 0.0, 0.0)[:2]
+    if dyn.path.kind == "assg":
+        if sharpness is None:
+            raise ValueError("the assg path needs its per-element sharpness")
+        kind = ADAPTIVE[dyn.path.shape]
+        sharpness = sharpness.detach().to(torch.float32).contiguous()
+    else:
+        kind, sharpness = SURROGATES[dyn.path.kind], None
     status = library().if_backward(
         dyn.steps, step_shape.numel(), source.data_ptr(), 0 if source_is_membrane else 1,
         int(dyn.static), _address(pattern), *neurons, dyn.leak, int(dyn.soft_reset),
-        int(dyn.strict), int(dyn.amplitude_is_threshold), int(dyn.path.detach_reset),
-        SURROGATES[dyn.path.kind], *params,
-        grad_out.data_ptr(), grad_x.data_ptr(), _address(grad_theta), _address(grad_v0),
+        int(dyn.strict), int(dyn.amplitude_is_threshold), int(dyn.path.detach_reset), kind,
+        *params, _address(sharpness), grad_out.data_ptr(), grad_x.data_ptr(),
+        _address(grad_theta), _address(grad_v0),
     )  # fmt: skip
     if status != 0:
         raise MemoryError("the IF kernel could not allocate its replay buffer")
