@@ -122,7 +122,7 @@ def test_assg_sharpness_over_three_iterations_by_hand():
     scale = 2 / math.pi * math.tan(math.pi * 0.425)
     for d in distances:
         with using_sharpness_state(state, ids):
-            alpha = state.sharpness(key, d, scale)
+            alpha = state.sharpness(key, d.clone(), scale)
         for i in range(2):
             mean[i] = 0.9 * mean[i] + 0.1 * float(d[0, i])
             spread[i] = 0.9 * spread[i] + 0.1 * abs(float(d[0, i]) - mean[i])

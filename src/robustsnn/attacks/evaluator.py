@@ -30,7 +30,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from robustsnn.attacks.core import eval_mode, margin_loss
 from robustsnn.attacks.members import Member, Outcome, clean_correct, model_device, run_member
 from robustsnn.attacks.pgd import fgsm
 from robustsnn.attacks.suite import Suite
+from robustsnn.attacks.tuning import tunable, tune_sharpness
 from robustsnn.attacks.victim import is_stochastic, time_steps, true_logits
 from robustsnn.io import atomic_write_json
 from robustsnn.snn.network import named_neurons
@@ -87,6 +88,7 @@ class EpsResult:
     robust: list[bool] = field(repr=False)
     screening: dict[str, float] = field(default_factory=dict)
     work: dict[str, float] = field(default_factory=dict)
+    tuning: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def per_member(self) -> dict[str, MemberReport]:
@@ -138,6 +140,10 @@ class EvaluationResult:
                 "members": [asdict(m) for m in r.members],
                 "order": list(r.order),
                 "work": dict(r.work),
+                "tuning": {
+                    k: {"chosen": v["chosen"], "separate": v.get("separate")}
+                    for k, v in r.tuning.items()
+                },
             }
         return {
             "suite": self.suite.name,
@@ -304,6 +310,7 @@ def evaluate(
     if images.shape[0] != labels.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
     n = labels.shape[0] if suite.samples is None else min(suite.samples, labels.shape[0])
+    tuning = _tuning_set(images, labels, n, suite)
     images, labels = images[:n].detach(), labels[:n].detach()
     spiking = time_steps(model) > 0
     members = suite.members(spiking)
@@ -319,6 +326,8 @@ def evaluate(
         "sources": {k: model_fingerprint(v) for k, v in sorted(sources.items())},
         "suite": {k: v for k, v in suite.to_dict().items() if k not in _RESUME_FREE},
     }
+    if tuning is not None:
+        header["tuning_data"] = _fingerprint(tuning[0].float(), tuning[1].long())
     store = ResultStore(results_path, header, resume)
     if store.data["clean"] is None:
         p = clean_correct(model, images, labels, batch_size=suite.batch_size, draws=draws)
@@ -336,8 +345,9 @@ def evaluate(
         results_path=str(results_path) if results_path is not None else None,
     )
     for eps in suite.eps:
+        tuned = _tuned_members(model, members, suite, eps, tuning, store, progress)
         result.per_eps[eps_key(eps)] = _evaluate_eps(
-            model, images, labels, suite, members, eps, correct, clean_p, store, sources,
+            model, images, labels, suite, tuned, eps, correct, clean_p, store, sources,
             draws, stochastic, progress,
         )  # fmt: skip
     names = suite.diagnostic_names()
@@ -348,6 +358,54 @@ def evaluate(
     store.data["summary"] = result.to_dict()
     store.save()
     return result
+
+
+def _tuning_set(images: torch.Tensor, labels: torch.Tensor, n: int, suite: Suite):
+    """The samples of the sharpness search: those after the reported ``n`` where the data has
+    them (``separate``), else the last ones of the reported set (and the results say so)."""
+    if suite.tune_iterations == 0:
+        return None
+    total = labels.shape[0]
+    start = n if total - n >= suite.tune_samples else max(total - suite.tune_samples, 0)
+    rows = torch.arange(start, min(start + suite.tune_samples, total))
+    return images[rows].detach(), labels[rows].detach(), rows, start >= n
+
+
+def _tuned_members(
+    model: nn.Module,
+    members: list[Member],
+    suite: Suite,
+    eps: float,
+    tuning,
+    store: ResultStore,
+    progress: Progress | None,
+) -> list[Member]:
+    """``members`` with every tunable path replaced by its tuned sharpness at this ε (the
+    choice is stored and reused on resume)."""
+    paths = sorted({m.path for m in members if m.source is None and tunable(m.path)})
+    if tuning is None or not paths or time_steps(model) == 0:
+        return members
+    state = store.eps_state(eps)
+    chosen = state.setdefault("tuning", {})
+    x, y, rows, separate = tuning
+    device = model_device(model)
+    correct = clean_correct(model, x, y, batch_size=suite.batch_size) == 1
+    for i, path in enumerate(paths):
+        if path in chosen:
+            continue
+        if progress is not None:
+            progress(f"ε={eps:g} tuning {path}", i, len(paths))
+        found = tune_sharpness(
+            model, x[correct].to(device), y[correct].to(device), path, eps=eps, norm=suite.norm,
+            iterations=suite.tune_iterations, steps=suite.tune_steps, seed=suite.seed,
+            ids=rows[correct],
+        )  # fmt: skip
+        chosen[path] = {**found.to_dict(), "separate": bool(separate)}
+        store.save()
+    return [
+        replace(m, path=chosen[m.path]["chosen"]) if m.path in chosen and m.source is None else m
+        for m in members
+    ]
 
 
 def _check_classes(model: nn.Module, images: torch.Tensor, suite: Suite) -> None:
@@ -468,6 +526,8 @@ def _evaluate_eps(
     cost = {m.name: m.cost_on(stochastic) for m in members}
     gradients = sum(cost[r.name] * r.ran for r in reports)
     naive_gradients = sum(cost.values()) * n
+    tuning = dict(state.get("tuning", {}))
+    tuned = sum(len(t["trials"]) * t["samples"] * (suite.tune_steps + 1) for t in tuning.values())
     return EpsResult(
         eps=eps,
         robust_accuracy=worst,
@@ -483,10 +543,12 @@ def _evaluate_eps(
             "naive_member_samples": naive,
             "fraction_of_naive": ran / naive if naive else 0.0,
             "screening_samples": screened,
-            "gradient_budget": gradients + screened,
+            "tuning_gradients": tuned,
+            "gradient_budget": gradients + screened + tuned,
             "naive_gradient_budget": naive_gradients,
-            "gradient_fraction_of_naive": (gradients + screened) / naive_gradients
+            "gradient_fraction_of_naive": (gradients + screened + tuned) / naive_gradients
             if naive_gradients
             else 0.0,
         },
+        tuning=tuning,
     )

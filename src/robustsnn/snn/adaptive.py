@@ -53,26 +53,39 @@ class SharpnessState:
 
     def sharpness(self, key: object, distance: torch.Tensor, scale: float) -> torch.Tensor:
         """α for ``distance`` = |u − θ| of shape ``[T, B, ...]``, after updating the averages
-        of the neuron ``key`` (unless frozen). Unbound batches start from fresh statistics."""
+        of the neuron ``key`` (unless frozen). Unbound batches start from fresh statistics.
+        ``distance`` may be overwritten."""
         distance = distance.detach()
         rows = self._rows
         if rows is None or rows.numel() != distance.shape[1]:
-            mean, spread = self._update(
-                torch.ones_like(distance), torch.zeros_like(distance), distance
-            )
-            return scale / (mean + self.kappa * spread + FLOOR)
+            mean, spread = torch.ones_like(distance), torch.zeros_like(distance)
+            self._update(mean, spread, distance)
+            return self._alpha(mean, spread, scale)
         mean_all, spread_all = self._stats_for(key, distance)
-        index = rows.to(distance.device)
-        mean, spread = mean_all[:, index], spread_all[:, index]
-        if not self.frozen:
-            mean, spread = self._update(mean, spread, distance)
-            mean_all[:, index], spread_all[:, index] = mean, spread
-        return scale / (mean + self.kappa * spread + FLOOR)
+        whole = rows.numel() == mean_all.shape[1] and bool(
+            (rows == torch.arange(rows.numel())).all()
+        )
+        if whole:  # every sample of the run, in order: update in place
+            mean, spread = mean_all, spread_all
+        else:
+            index = rows.to(distance.device)
+            mean, spread = mean_all[:, index], spread_all[:, index]
+        if self.frozen:
+            mean, spread = mean.clone(), spread.clone()
+        else:
+            self._update(mean, spread, distance)
+            if not whole:
+                mean_all[:, index], spread_all[:, index] = mean, spread
+        return self._alpha(mean, spread, scale)
 
-    def _update(self, mean: torch.Tensor, spread: torch.Tensor, distance: torch.Tensor):
-        mean = self.beta_mean * mean + (1 - self.beta_mean) * distance
-        spread = self.beta_spread * spread + (1 - self.beta_spread) * (distance - mean).abs()
-        return mean, spread
+    def _update(self, mean: torch.Tensor, spread: torch.Tensor, distance: torch.Tensor) -> None:
+        """In place: M ← β1·M + (1 − β1)·d, then D ← β2·D + (1 − β2)·|d − M|."""
+        mean.mul_(self.beta_mean).add_(distance, alpha=1 - self.beta_mean)
+        spread.mul_(self.beta_spread).add_(distance.sub_(mean).abs_(), alpha=1 - self.beta_spread)
+
+    def _alpha(self, mean: torch.Tensor, spread: torch.Tensor, scale: float) -> torch.Tensor:
+        alpha = torch.add(mean, spread, alpha=self.kappa).add_(FLOOR)
+        return alpha.reciprocal_().mul_(scale)
 
     def _stats_for(self, key: object, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         slots = len(self._slots)
