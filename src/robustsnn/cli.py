@@ -581,7 +581,9 @@ def _parse_eps_list(text: str) -> list[float]:
 @app.command()
 def evaluate(
     target: Path = typer.Argument(..., help="A run directory (its final SNN) or a checkpoint."),
-    suite: str = typer.Option("paper", help="quick, paper, full or a suite YAML file."),
+    suite: str = typer.Option(
+        "strong", help="strong (default), quick, paper, full or a suite YAML file."
+    ),
     eps: str = typer.Option(
         None, help="Comma-separated budgets, e.g. 0.1,0.3 or 8/255 (default: the run's)."
     ),

@@ -102,6 +102,7 @@ class FinetuneConfig:
     step_size: float | None = None
     inner: str = "rfgsm"
     surrogate: str = "triangle:1.0"
+    attack_path: str | None = None
 
 
 @dataclass
@@ -156,6 +157,7 @@ class DirectConfig:
     time_steps: int = 8
     encoding: str = "direct"
     surrogate: str = "triangle:1.0"
+    attack_path: str | None = None
     trainable_threshold: bool = False
     epochs: int = 10
     batch_size: int = 64
@@ -375,10 +377,16 @@ def _check_names(config: RunConfig) -> None:
         expand_paths([config.finetune.surrogate])
     except ValueError as err:
         raise ConfigError(f"evaluation.paths / finetune.surrogate: {err}") from None
-    try:
-        expand_paths([config.direct.surrogate])
-    except ValueError as err:
-        raise ConfigError(f"direct.surrogate: {err}") from None
+    for key, value in (
+        ("finetune.attack_path", config.finetune.attack_path),
+        ("direct.surrogate", config.direct.surrogate),
+        ("direct.attack_path", config.direct.attack_path),
+    ):
+        try:
+            if value is not None:
+                expand_paths([value])
+        except ValueError as err:
+            raise ConfigError(f"{key}: {err}") from None
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -131,6 +131,7 @@ def _finetune(config: RunConfig, snn, train, test, rd: RunDir, resume: bool, cb:
         step_size=c.step_size,
         inner=c.inner,
         surrogate=c.surrogate,
+        attack_path=c.attack_path,
         loss=c.loss,
         batch_size=c.batch_size,
         seed=config.seed,

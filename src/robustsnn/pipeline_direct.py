@@ -85,6 +85,7 @@ def _train(config: RunConfig, model, train, test, rd: RunDir, resume: bool, cb):
         method=d.objective,
         time_steps=d.time_steps,
         surrogate=d.surrogate,
+        attack_path=d.attack_path,
         trainable_threshold=d.trainable_threshold,
         eps=d.eps,
         steps=d.steps,

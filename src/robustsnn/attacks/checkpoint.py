@@ -144,7 +144,7 @@ def _cross_check(model, images, labels, result: EvaluationResult) -> dict[str, A
 
 def evaluate_checkpoint(
     target: str | Path,
-    suite: str | Path | Suite = "paper",
+    suite: str | Path | Suite = "strong",
     *,
     eps: list[float] | None = None,
     samples: int | None = None,

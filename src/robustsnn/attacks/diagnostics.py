@@ -14,7 +14,11 @@ A failure is a warning sign that the robustness comes from masked gradients:
 * ``zero_gradients``: per path, the fraction of exactly-zero input-gradient entries and of
   samples whose whole gradient is zero; fails when some sample has no gradient on any path;
 * ``random_noise``: accuracy under uniform and Gaussian noise of size ε (5 draws each, worst
-  case); fails when noise fools a sample that every attack missed.
+  case); fails when noise fools a sample that every attack missed;
+* ``sharper_or_detached``: PGD through sharper versions of the suite's surrogates and through
+  their detached-reset versions, and SA-PGD through ASSG, on the samples the suite left
+  robust; fails when any of them fools one. That is the signature of a loose worst case: the
+  suite's gradients were misled by the reset term or too smooth (Wang et al. 2025).
 
 Comparisons between two attacks allow :data:`SLACK` (2 points) plus one sample for the noise
 of small subsets; the ``eps_sweep`` end point and the noise check allow none.
@@ -33,6 +37,7 @@ from robustsnn.attacks.core import eval_mode, finalize, get_loss, sign_step
 from robustsnn.attacks.members import Member, model_device, run_member
 from robustsnn.attacks.seeding import SampleRandom
 from robustsnn.attacks.victim import Victim, correct_fraction, time_steps
+from robustsnn.snn.paths import RESET_KINDS, GradientPath, parse_path
 
 if TYPE_CHECKING:
     from robustsnn.attacks.evaluator import EvaluationResult, ResultStore
@@ -236,6 +241,75 @@ def random_noise(ctx: _Context) -> dict[str, Any]:
     return out
 
 
+SHARPER = 4.0
+MAX_PROBES = 6
+
+
+def sharper_path(path: str) -> str | None:
+    """The surrogate ``path`` made :data:`SHARPER` times sharper (None: no sharpness)."""
+    p = parse_path(path)
+    if p.kind in ("triangle", "rect", "gaussian", "hart"):
+        params = (p.params[0] / SHARPER,)
+    elif p.kind in ("sigmoid", "arctan"):
+        params = (p.params[0] * SHARPER,)
+    elif p.kind == "exp":
+        params = (p.params[0] * SHARPER, p.params[1] * SHARPER)
+    else:
+        return None
+    return str(GradientPath(p.kind, params, detach_reset=p.detach_reset, shape=p.shape))
+
+
+def probe_members(paths: list[str], steps: int, eot: int) -> list[Member]:
+    """Members the suite does not have: the detached-reset and the sharper versions of its
+    surrogate paths (strongest screened first), and SA-PGD through ASSG."""
+    have = set(paths)
+    probes: list[str] = []
+    for path in paths:
+        p = parse_path(path)
+        if not p.is_surrogate or p.kind == "assg":
+            continue
+        detached = str(GradientPath(p.kind, p.params, detach_reset=True, shape=p.shape))
+        sharp = sharper_path(detached if p.kind in RESET_KINDS else path)
+        for candidate in (detached if p.kind in RESET_KINDS else None, sharp):
+            if candidate and candidate not in have and candidate not in probes:
+                probes.append(candidate)
+    members = [Member("pgd", p, steps=steps, eot=eot) for p in probes[: MAX_PROBES - 1]]
+    if not any(parse_path(p).kind == "assg" for p in paths):
+        members.append(Member("sapgd", "assg:atan:0.425/dr", steps=max(steps, 20), eot=eot))
+    return members
+
+
+def sharper_or_detached(ctx: _Context) -> dict[str, Any]:
+    if not ctx.spiking:
+        return {"passed": None, "note": "no spiking neurons: nothing to detach or sharpen"}
+    scores = ctx.main.screening
+    paths = sorted(ctx.suite.path_list(), key=lambda p: -scores.get(p, -math.inf))
+    robust = ctx.main_robust()
+    found: dict[str, int] = {}
+    for member in probe_members(paths, ctx.suite.steps, ctx.suite.eot):
+        rows = ctx.rows[robust]
+        if rows.numel() == 0:
+            break
+        out = run_member(
+            ctx.model, member, ctx.images, ctx.labels, rows, eps=ctx.eps, norm=ctx.suite.norm,
+            seed=ctx.suite.seed, batch_size=ctx.suite.batch_size, draws=ctx.draws,
+        )  # fmt: skip
+        hit = out.rows[out.fooled]
+        if hit.numel():
+            found[member.name] = int(hit.numel())
+            robust[hit] = False
+    missed = sum(found.values())
+    return {
+        "passed": _ok(missed == 0),
+        "eps": ctx.eps,
+        "probes": [m.name for m in probe_members(paths, ctx.suite.steps, ctx.suite.eot)],
+        "fooled_only_by_probes": missed,
+        "by_probe": found,
+        "note": "sharper or detached-reset gradients must not fool a sample the suite missed; "
+        "if they do, the worst case is loose: add them to the suite (or use 'strong')",
+    }
+
+
 CHECKS: dict[str, Callable[[_Context], dict[str, Any]]] = {
     "eps_sweep": eps_sweep,
     "steps_sweep": steps_sweep,
@@ -243,6 +317,7 @@ CHECKS: dict[str, Callable[[_Context], dict[str, Any]]] = {
     "iterative_vs_single_step": iterative_vs_single_step,
     "zero_gradients": zero_gradients,
     "random_noise": random_noise,
+    "sharper_or_detached": sharper_or_detached,
 }
 
 

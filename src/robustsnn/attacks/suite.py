@@ -44,6 +44,7 @@ DIAGNOSTICS = (
     "iterative_vs_single_step",
     "zero_gradients",
     "random_noise",
+    "sharper_or_detached",
 )
 
 

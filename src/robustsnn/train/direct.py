@@ -84,16 +84,21 @@ def direct_objective(
     beta: float | None = None,
     hire: HireOptions | None = None,
     sparsity: SparsityOptions | None = None,
+    attack_path: str | None = None,
 ) -> Any:
     """The training objective of ``method`` (one of :data:`DIRECT_METHODS`).
 
-    Adversarial examples are crafted through the neurons' own gradient path, i.e. the training
-    surrogate set by :func:`prepare_snn`.
+    Adversarial examples (PGD-AT, TRADES, adversarial SR) are crafted through ``attack_path``,
+    by default the neurons' own gradient path, i.e. the training surrogate set by
+    :func:`prepare_snn`.
     """
     if method not in DIRECT_METHODS:
         raise ValueError(f"method must be one of {', '.join(DIRECT_METHODS)}; got {method!r}")
     if method in ("ce", "pgd_at", "trades"):
-        return make_objective(method, eps=eps, steps=steps, step_size=step_size, beta=beta)
+        return make_objective(
+            method, eps=eps, steps=steps, step_size=step_size, beta=beta,
+            gradient_path=attack_path,
+        )  # fmt: skip
     if method == "hire":
         h = hire or HireOptions()
         return HireObjective(
@@ -104,7 +109,9 @@ def direct_objective(
             noise_gradient=h.noise_gradient,
         )
     s = sparsity or SparsityOptions()
-    attack = make_objective("pgd_at", eps=eps, steps=steps, step_size=step_size)
+    attack = make_objective(
+        "pgd_at", eps=eps, steps=steps, step_size=step_size, gradient_path=attack_path
+    )
     return SparsityObjective(s.weight, s.h, s.adversarial, attack if s.adversarial else None)
 
 
@@ -115,6 +122,7 @@ def train_direct(
     method: str = "ce",
     time_steps: int = 8,
     surrogate: str = "triangle:1.0",
+    attack_path: str | None = None,
     trainable_threshold: bool = False,
     eps: float = 2 / 255,
     steps: int = 10,
@@ -142,14 +150,19 @@ def train_direct(
         model: a fresh zoo model (training from scratch) or a converted SNN (hybrid).
         method: ``ce``, ``pgd_at``, ``trades``, ``hire`` or ``sr`` (see the module docstring).
         time_steps: T of training (HIRE-SNN splits it into periods).
+        surrogate: the gradient path of the weight update (BPTT).
+        attack_path: the gradient path of the training attack (None: ``surrogate``), e.g.
+            ``arctan:8.0/dr``: a sharp surrogate with the reset detached, the direction the
+            strongest evaluation attacks take.
         eps, steps, step_size, beta: the training attack (PGD-AT, TRADES, adversarial SR) or
             HIRE-SNN's default noise bound.
         hire, sparsity: HIRE-SNN's and SR's options.
         the rest: as in :func:`~robustsnn.train.loop.fit`.
     """
     objective = direct_objective(
-        method, eps=eps, steps=steps, step_size=step_size, beta=beta, hire=hire, sparsity=sparsity
-    )
+        method, eps=eps, steps=steps, step_size=step_size, beta=beta, hire=hire,
+        sparsity=sparsity, attack_path=attack_path,
+    )  # fmt: skip
     prepare_snn(model, time_steps, surrogate, trainable_threshold)
     if method == "hire":
         objective.period_steps(model)
