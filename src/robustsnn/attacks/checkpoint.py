@@ -105,6 +105,7 @@ def _settings(suite: Suite, stem: Path, dataset: str, meta: dict[str, Any], resu
         "eps": list(suite.eps),
         "norm": suite.norm,
         "attacks": list(suite.attacks),
+        "pairs": list(suite.pairs),
         "steps": suite.steps,
         "apgd_steps": suite.apgd_steps,
         "restarts": suite.restarts,

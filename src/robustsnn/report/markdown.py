@@ -271,6 +271,14 @@ def evaluation_section(name: str, evaluation: dict[str, Any]) -> str:
         f"({', '.join(f'`{p}`' for p in s.get('paths', []))}); {s.get('order')} order. "
         f"Per-sample results: `{s.get('results_file', '?')}`."
     )
+    if s.get("pairs"):
+        parts[-1] += f" Single members: {', '.join(f'`{p}`' for p in s['pairs'])}."
+    for key, r in robust.items():
+        tuned = r.get("tuning") or {}
+        if tuned:
+            where = "separate" if all(t.get("separate") for t in tuned.values()) else "reported"
+            choices = ", ".join(f"`{k}` → `{t['chosen']}`" for k, t in tuned.items())
+            parts += ["", f"Sharpness tuned at ε = {key} (on {where} samples): {choices}."]
     failed = evaluation.get("failed_diagnostics", [])
     if failed:
         parts += ["", f"**Diagnostics flagged: {', '.join(failed)}** (see below)."]
