@@ -195,3 +195,20 @@ def test_new_paths_give_gradients_on_a_network(path):
     with using_gradient_path(model, path):
         model(x)[:, 0].sum().backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("attack", ["pgd", "apgd-dlr", "sapgd"])
+@pytest.mark.parametrize("path", ["assg/dr", "hart:1.0", "arctan:8.0/dr"])
+def test_attacks_through_the_new_paths_stay_in_budget(attack, path):
+    """Every attack runs through every new path; no example leaves its ε-ball or [0, 1]."""
+    from robustsnn.attacks import Member
+    from robustsnn.attacks.core import perturbation_norm
+
+    torch.manual_seed(0)
+    model = create_model("small_cnn", input_shape=(1, 8, 8), num_classes=4, channels=[4, 8])
+    set_time_steps(model.eval(), 4)
+    x, y = torch.rand(6, 1, 8, 8), torch.randint(0, 4, (6,))
+    x_adv = Member(attack, path, steps=6).craft(model, x, y, 0.05)
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    assert perturbation_norm(x_adv, x).max() <= 0.05 + 1e-6
+    assert torch.isfinite(x_adv).all()
