@@ -9,7 +9,9 @@ with cross-entropy through BPTT for ``--epochs`` epochs, once per training surro
 * PGD-10 (the paper's protocol) through fixed surrogates the attacker picks without knowing
   the victim's (``--paths``), through PDSG (reset differentiated and detached), and through
   the sharp ATan and the wide triangle with the reset detached;
-* SA-PGD (100 iterations) through ASSG with the reset detached.
+* SA-PGD (100 iterations) through ASSG with the reset detached;
+* the ``strong`` suite (as ``robustsnn evaluate`` runs it), and per victim the union of all of
+  the above, with the number of samples some other attack fooled and ``strong`` did not.
 
 The table is the attack success rate (fooled / clean-correct) of each attack on each victim.
 PDSG's claim: roughly the same ASR whatever the victim's surrogate, where fixed attack
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from robustsnn.attacks import Member, run_member
+from robustsnn.attacks import Member, evaluate, get_suite, run_member
 from robustsnn.attacks.members import clean_correct
 from robustsnn.config import load_config
 from robustsnn.data import load_dataset
@@ -70,6 +72,7 @@ def main() -> None:
     parser.add_argument("--eps", type=float, default=0.1)
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-strong", action="store_true", help="skip the strong suite")
     parser.add_argument("--work-dir", type=Path, default=Path("runs/claims_pdsg"))
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "claims_pdsg.json")
     args = parser.parse_args()
@@ -89,14 +92,26 @@ def main() -> None:
         victims[surrogate] = {"clean_accuracy": float(correct.float().mean()),
                               "training_seconds": round(seconds, 1)}  # fmt: skip
         table[surrogate] = {}
+        fooled_any: set[int] = set()
         for m in members:
             start = time.perf_counter()
             out = run_member(model, m, images, labels, rows, eps=args.eps, batch_size=300)
             asr = float(out.fooled.float().mean()) if out.fooled.numel() else 0.0
             table[surrogate][m.name] = asr
+            fooled_any |= set(out.rows[out.fooled].tolist())
             print(f"{surrogate:14s} {m.name:28s} ASR {100 * asr:5.1f}% "
                   f"({time.perf_counter() - start:.0f}s)", file=sys.stderr, flush=True)  # fmt: skip
-    names = [m.name for m in members]
+        if not args.no_strong:
+            suite = get_suite("strong", eps=[args.eps], samples=args.samples, diagnostics=False)
+            stem = args.work_dir / f"strong_{surrogate.replace(':', '_').replace('/', '_')}.json"
+            r = next(iter(evaluate(model, test.images, test.labels, suite,
+                                   results_path=stem).per_eps.values()))  # fmt: skip
+            strong_fooled = {i for i in rows.tolist() if not r.robust[i]}
+            table[surrogate]["strong"] = len(strong_fooled) / max(rows.numel(), 1)
+            victims[surrogate]["strong_tuning"] = {k: v["chosen"] for k, v in r.tuning.items()}
+            victims[surrogate]["union_asr"] = len(fooled_any | strong_fooled) / max(rows.numel(), 1)
+            victims[surrogate]["fooled_by_others_not_strong"] = len(fooled_any - strong_fooled)
+    names = [m.name for m in members] + ([] if args.no_strong else ["strong"])
     spread = {
         n: max(t[n] for t in table.values()) - min(t[n] for t in table.values()) for n in names
     }

@@ -8,8 +8,8 @@ then Square if ``square`` is in ``attacks``. Built-ins:
 * ``strong`` (the default of ``robustsnn evaluate``): the few members that were never beaten,
   per sample, by anything else the toolkit has (``benchmarks/frontier_eval.py``): SA-PGD
   through ASSG with the reset detached, its A tuned per victim on samples that are not
-  reported, APGD-DLR through a sharp fixed ATan with the reset detached, and APGD-CE for the
-  ANN proxy and the model's plain BPTT;
+  reported, APGD-DLR through a sharp fixed ATan with the reset detached (its α tuned the same
+  way), and PGD-10 through the ANN proxy as a cheap safety net for masked surrogates;
 * ``quick``: FGSM and PGD-10 over six paths (one sharp with the reset detached), 200 samples,
   light diagnostics;
 * ``paper``: the primary paper's ensemble (FGSM, PGD-10, APGD-CE, APGD-DLR, APGD-T over the
@@ -295,7 +295,7 @@ BUILTIN_SUITES: dict[str, dict[str, Any]] = {
         "pairs": [
             "sapgd/assg:atan:0.425/dr",
             "apgd-dlr/arctan:8.0/dr",
-            "apgd-ce/ann",
+            "pgd/ann",
         ],
         "tune_iterations": 4,
     },
