@@ -4,6 +4,9 @@ pipeline's suite-driven stage evaluation, and one-line user mistakes."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -172,3 +175,26 @@ def test_cross_check_with_autoattack_is_stored_and_reported(tmp_path, suite_file
     check = done.summary["cross_check"]["0.3"]
     assert 0.0 <= check["robust_accuracy"] <= done.result.clean_accuracy
     assert "AutoAttack cross-check" in done.report_path.read_text()
+
+
+def test_the_default_suite_is_strong_in_a_fresh_process(tmp_path):
+    """`robustsnn evaluate CHECKPOINT` with no --suite runs `strong` in a new process: its
+    single members, sharpness tuned on samples after the reported ones, recorded and shown."""
+    checkpoint = _loose_checkpoint(tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    done = subprocess.run(
+        [sys.executable, "-m", "robustsnn", "evaluate", str(checkpoint), "--eps", "0.1",
+         "--samples", "6"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    stored = json.loads((tmp_path / "eval" / "net.strong.json").read_text())
+    per_eps = stored["summary"]["per_eps"]["0.1"]
+    names = {m["name"].split("/")[0] for m in per_eps["members"]}
+    assert names == {"sapgd", "apgd-dlr", "pgd"}
+    tuning = per_eps["tuning"]
+    assert set(tuning) == {"assg:atan:0.425/dr", "arctan:8.0/dr"}
+    assert all(t["separate"] and t["samples"] <= 64 for t in tuning.values())
+    chosen = {m["name"].partition("/")[2] for m in per_eps["members"]}
+    assert {t["chosen"] for t in tuning.values()} <= chosen
+    assert "Sharpness tuned at ε = 0.1" in (tmp_path / "eval" / "net.strong.md").read_text()
