@@ -247,8 +247,17 @@ def test_builtin_suites_have_the_documented_members():
     full = get_suite("full")
     assert [m.name for m in full.members()][-1] == "square"
     assert "pgd/pdsg" in {m.name for m in full.members()}
-    assert [m.name for m in get_suite("quick").members(spiking=False)] == ["fgsm", "pgd"]
-    assert set(list_suites()) >= {"quick", "paper", "full"}
+    assert "sapgd/assg:atan:0.425/dr" in {m.name for m in full.members()}
+    quick = get_suite("quick")
+    assert [m.name for m in quick.members(spiking=False)] == ["fgsm", "pgd", "sapgd"]
+    assert "pgd/arctan:8.0/dr" in {m.name for m in quick.members()}
+    strong = get_suite("strong")
+    assert [m.name for m in strong.members()] == [
+        "sapgd/assg:atan:0.425/dr", "apgd-dlr/arctan:8.0/dr", "pgd/ann",
+    ]  # fmt: skip
+    assert [m.name for m in strong.members(spiking=False)] == ["sapgd", "apgd-dlr", "pgd"]
+    assert [m.steps for m in strong.members()] == [100, 100, 10]
+    assert set(list_suites()) >= {"strong", "quick", "paper", "full"}
 
 
 def test_suites_load_from_yaml_and_refuse_bad_keys(tmp_path):
@@ -256,7 +265,8 @@ def test_suites_load_from_yaml_and_refuse_bad_keys(tmp_path):
     path.write_text("base: quick\neps: [0.1, 0.2]\npaths: [triangle:1.0, ann]\nsamples: 10\n")
     suite = load_suite(path, samples=20)
     assert suite.name == "mine" and suite.eps == [0.1, 0.2] and suite.samples == 20
-    assert suite.attacks == ["fgsm", "pgd"] and suite.path_list() == ["triangle:1.0", "ann"]
+    assert suite.attacks == ["fgsm", "pgd"]
+    assert suite.path_list() == ["triangle:1.0", "ann", "assg:atan:0.425/dr"]
     assert Suite.from_dict(suite.to_dict()) == suite
     with pytest.raises(ValueError, match="unknown suite key 'step'.*accepted: name, attacks"):
         Suite.from_dict({"step": 3})

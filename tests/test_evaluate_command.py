@@ -27,6 +27,7 @@ WIDE = {"COLUMNS": "200"}
 SMALL_SUITE = {
     "base": "quick",
     "paths": ["triangle:1.0", "rect:1.0", "ann"],
+    "pairs": [],
     "steps": 3,
     "samples": 24,
     "diagnostics": ["zero_gradients", "random_noise"],
@@ -59,10 +60,13 @@ def test_run_evaluates_every_stage_with_the_configured_suite(tiny_run):
     run_dir, summary = tiny_run
     ann, snn = summary["stages"]["ann"], summary["stages"]["snn_converted"]
     assert snn["attack"]["suite"] == "quick" and snn["attack"]["attacks"] == ["fgsm", "pgd"]
-    assert snn["attack"]["paths"] == ["triangle:1.0", "ann"]
+    assert snn["attack"]["paths"] == ["triangle:1.0", "ann", "assg:atan:0.425/dr"]
     names = {m["name"] for m in snn["robust"]["0.1"]["members"]}
-    assert names == {"fgsm/triangle:1.0", "pgd/triangle:1.0", "fgsm/ann", "pgd/ann"}
-    assert set(ann["robust"]["0.1"]["per_member"]) == {"fgsm", "pgd"}
+    assert names == {
+        "fgsm/triangle:1.0", "pgd/triangle:1.0", "fgsm/ann", "pgd/ann",
+        "sapgd/assg:atan:0.425/dr",
+    }  # fmt: skip
+    assert set(ann["robust"]["0.1"]["per_member"]) == {"fgsm", "pgd", "sapgd"}
     cumulative = list(snn["robust"]["0.1"]["per_member"].values())
     assert cumulative == sorted(cumulative, reverse=True)
     assert cumulative[-1] == snn["robust"]["0.1"]["worst_case_accuracy"]
@@ -178,23 +182,38 @@ def test_cross_check_with_autoattack_is_stored_and_reported(tmp_path, suite_file
 
 
 def test_the_default_suite_is_strong_in_a_fresh_process(tmp_path):
-    """`robustsnn evaluate CHECKPOINT` with no --suite runs `strong` in a new process: its
-    single members, sharpness tuned on samples after the reported ones, recorded and shown."""
+    """`robustsnn evaluate CHECKPOINT` with no --suite runs `strong` in a new process; with
+    tuning on, the sharpness is tuned on samples after the reported ones, recorded, shown,
+    and the tuned member runs beside the suite's own."""
     checkpoint = _loose_checkpoint(tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    command = [sys.executable, "-m", "robustsnn", "evaluate", str(checkpoint), "--eps", "0.1"]
     done = subprocess.run(
-        [sys.executable, "-m", "robustsnn", "evaluate", str(checkpoint), "--eps", "0.1",
-         "--samples", "6"],
-        capture_output=True, text=True, env=env, timeout=600,
-    )  # fmt: skip
+        [*command, "--samples", "6"], capture_output=True, text=True, env=env, timeout=600
+    )
     assert done.returncode == 0, done.stderr
     stored = json.loads((tmp_path / "eval" / "net.strong.json").read_text())
     per_eps = stored["summary"]["per_eps"]["0.1"]
-    names = {m["name"].split("/")[0] for m in per_eps["members"]}
-    assert names == {"sapgd", "apgd-dlr", "pgd"}
+    names = [m["name"] for m in per_eps["members"]]
+    assert sorted(names) == ["apgd-dlr/arctan:8.0/dr", "pgd/ann", "sapgd/assg:atan:0.425/dr"]
+    assert per_eps["tuning"] == {}
+
+    tuned = tmp_path / "tuned.yaml"
+    tuned.write_text(yaml.safe_dump({"base": "strong", "tune_iterations": 1, "tune_samples": 60}))
+    done = subprocess.run(
+        [*command, "--samples", "6", "--suite", str(tuned)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    stored = json.loads((tmp_path / "eval" / "net.tuned.json").read_text())
+    per_eps = stored["summary"]["per_eps"]["0.1"]
     tuning = per_eps["tuning"]
     assert set(tuning) == {"assg:atan:0.425/dr", "arctan:8.0/dr"}
-    assert all(t["separate"] and t["samples"] <= 64 for t in tuning.values())
-    chosen = {m["name"].partition("/")[2] for m in per_eps["members"]}
-    assert {t["chosen"] for t in tuning.values()} <= chosen
-    assert "Sharpness tuned at ε = 0.1" in (tmp_path / "eval" / "net.strong.md").read_text()
+    assert all(t["separate"] and 0 < t["samples"] <= 60 for t in tuning.values())
+    names = {m["name"] for m in per_eps["members"]}
+    assert {"sapgd/assg:atan:0.425/dr", "apgd-dlr/arctan:8.0/dr"} <= names
+    for path, t in tuning.items():
+        attack = "sapgd" if path.startswith("assg") else "apgd-dlr"
+        assert f"{attack}/{t['chosen']}" in names
+        assert len(t["trials"]) >= 3  # the suite's value and two points of one search round
+    assert "Sharpness tuned at ε = 0.1" in (tmp_path / "eval" / "net.tuned.md").read_text()

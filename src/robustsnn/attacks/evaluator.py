@@ -380,8 +380,10 @@ def _tuned_members(
     store: ResultStore,
     progress: Progress | None,
 ) -> list[Member]:
-    """``members`` with every tunable path replaced by its tuned sharpness at this ε (the
-    choice is stored and reused on resume)."""
+    """``members``, followed by a copy of each member with a tunable path through its tuned
+    sharpness at this ε where that differs from the suite's (the choice is stored and reused
+    on resume). The suite's own member is kept: a short search on a few samples can pick a
+    worse sharpness (it did on the demo SNN), and adding never weakens the worst case."""
     paths = sorted({m.path for m in members if m.source is None and tunable(m.path)})
     if tuning is None or not paths or time_steps(model) == 0:
         return members
@@ -402,10 +404,15 @@ def _tuned_members(
         )  # fmt: skip
         chosen[path] = {**found.to_dict(), "separate": bool(separate)}
         store.save()
-    return [
-        replace(m, path=chosen[m.path]["chosen"]) if m.path in chosen and m.source is None else m
-        for m in members
-    ]
+    names = {m.name for m in members}
+    out = list(members)
+    for m in members:
+        if m.source is None and m.path in chosen and chosen[m.path]["chosen"] != m.path:
+            tuned = replace(m, path=chosen[m.path]["chosen"])
+            if tuned.name not in names:
+                out.append(tuned)
+                names.add(tuned.name)
+    return out
 
 
 def _check_classes(model: nn.Module, images: torch.Tensor, suite: Suite) -> None:

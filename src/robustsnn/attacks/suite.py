@@ -7,11 +7,10 @@ then Square if ``square`` is in ``attacks``. Built-ins:
 
 * ``strong`` (the default of ``robustsnn evaluate``): the few members that were never beaten,
   per sample, by anything else the toolkit has (``benchmarks/frontier_eval.py``): SA-PGD
-  through ASSG with the reset detached, its A tuned per victim on samples that are not
-  reported, APGD-DLR through a sharp fixed ATan with the reset detached (its α tuned the same
-  way), and PGD-10 through the ANN proxy as a cheap safety net for masked surrogates;
-* ``quick``: FGSM and PGD-10 over six paths (one sharp with the reset detached), 200 samples,
-  light diagnostics;
+  through ASSG and APGD-DLR through a sharp fixed ATan, both with the reset detached, and
+  PGD-10 through the ANN proxy as a cheap safety net for masked surrogates;
+* ``quick``: FGSM and PGD-10 over six paths (one sharp with the reset detached) and SA-PGD-50
+  through ASSG, 200 samples, light diagnostics;
 * ``paper``: the primary paper's ensemble (FGSM, PGD-10, APGD-CE, APGD-DLR, APGD-T over the
   19 ``paper19`` paths) with the standard 100-iteration APGD, exactly as published;
 * ``full``: ``paper`` and SA-PGD over the ``extended``, ``frontier`` and ``sharpness`` paths,
@@ -19,7 +18,8 @@ then Square if ``square`` is in ``attacks``. Built-ins:
 
 ``tune_iterations`` > 0 picks the sharpness of every tunable path (ASSG's A, a fixed ATan's or
 sigmoid's α, HART's width) per victim and ε by a ternary search on ``tune_samples`` samples
-that are not among those reported (see :mod:`~robustsnn.attacks.tuning`).
+that are not among those reported, and adds a member through the chosen sharpness beside the
+suite's own (see :mod:`~robustsnn.attacks.tuning`).
 
 Diagnostics run with every suite unless ``diagnostics: false``.
 """
@@ -297,11 +297,12 @@ BUILTIN_SUITES: dict[str, dict[str, Any]] = {
             "apgd-dlr/arctan:8.0/dr",
             "pgd/ann",
         ],
-        "tune_iterations": 4,
     },
     "quick": {
         "attacks": ["fgsm", "pgd"],
         "paths": "quick",
+        "pairs": ["sapgd/assg:atan:0.425/dr"],
+        "apgd_steps": 50,
         "samples": 200,
         "diagnostic_samples": 50,
         "diagnostic_queries": 300,
