@@ -1,0 +1,5 @@
+"""``python -m robustsnn``: the same command line as the ``robustsnn`` script."""
+
+from robustsnn.cli import main
+
+main()
