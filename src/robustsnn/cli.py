@@ -288,10 +288,14 @@ class _Progress:
         self.bar.update(1)
         self.bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items()}, refresh=False)
 
-    def on_epoch(self, epoch: int, metrics: dict[str, Any]) -> None:
+    def close(self) -> None:
+        """Remove an open progress bar (the training ended, or failed)."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+    def on_epoch(self, epoch: int, metrics: dict[str, Any]) -> None:
+        self.close()
         shown = ", ".join(
             f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float) and k != "lr"
         )
@@ -350,11 +354,18 @@ def _run(
     config = load_config(config_source, _parse_overrides(overrides))
     run_dir = out or Path("runs") / config.name
     callbacks = Callbacks(
-        on_stage=lambda name, status: err_console.print(f"[bold]{name}[/bold]: {escape(status)}"),
+        on_stage=lambda name, status: err_console.print(
+            f"[bold]{name}[/bold]: {escape(status)}", soft_wrap=True
+        ),
         train=_Progress("train"),
-        on_note=lambda message: err_console.print(f"[yellow]note:[/yellow] {escape(message)}"),
+        on_note=lambda message: err_console.print(
+            f"[yellow]note:[/yellow] {escape(message)}", soft_wrap=True
+        ),
     )
-    summary = run(config, run_dir, force=force, resume=resume, callbacks=callbacks)
+    try:
+        summary = run(config, run_dir, force=force, resume=resume, callbacks=callbacks)
+    finally:
+        callbacks.train.close()  # an error line must not share the line of a progress bar
     _print_summary(summary, run_dir / "report.md")
 
 

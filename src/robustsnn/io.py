@@ -112,6 +112,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             os.chmod(tmp, mode)
             _crash_hook()
             os.replace(tmp, path)
+            trace("replace", path=str(path))
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

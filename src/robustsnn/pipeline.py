@@ -651,7 +651,6 @@ def _run_conversion(config: RunConfig, rd: RunDir, force, resume: bool, cb: Call
         models[stage] = model
 
     final = models.get("snn_finetuned", models.get("snn_converted"))
-    recomputed = {p.stage for p in plans if p.action == "run"}
     for stage, model in models.items():
         model.eval()
         result, elapsed = _evaluate_with_reuse(
@@ -661,7 +660,7 @@ def _run_conversion(config: RunConfig, rd: RunDir, force, resume: bool, cb: Call
             config,
             rd,
             final=model is final,
-            forced=force == "evaluate" or stage in recomputed,
+            forced=force == "evaluate",
             cb=cb,
         )
         summary["stages"][stage] = result

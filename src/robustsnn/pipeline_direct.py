@@ -187,7 +187,7 @@ def run_direct(
 
     model.eval()
     result, evaluation_time = _evaluate_direct(
-        model, test, config, rd, forced=force == "evaluate" or plan.action == "run", cb=cb
+        model, test, config, rd, forced=force == "evaluate", cb=cb
     )
     spikes = result["spikes_per_image"]
     summary: dict[str, Any] = {

@@ -103,15 +103,16 @@ def force_index(force: bool | str | None, stages: Sequence[str]) -> int | None:
 
     Raises RunError for a stage name the run does not have.
     """
-    if force is None or force is False:
-        return None
+    if force is None or force is False or force == "evaluate":
+        return None  # --force evaluate re-evaluates every stage and retrains none
     if force is True or force == "all":
         return 0
     aliases = {"finetune": "snn_finetuned", "convert": "snn_converted", "snn": stages[-1]}
     name = aliases.get(str(force), str(force))
     if name not in stages:
         raise RunError(
-            f"--force {force}: not a stage of this run; accepted: {', '.join(stages)}, all"
+            f"--force {force}: not a stage of this run; accepted: {', '.join(stages)}, "
+            "evaluate, all"
         )
     return list(stages).index(name)
 
