@@ -132,6 +132,7 @@ def kill_and_resume(
 ) -> tuple[list[dict], list[dict], str]:
     """Kill a fresh run at its n-th replace, then ``--resume`` it; return both traces and the
     resumed run's stderr."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     run_dir = tmp_path / f"killed-{n}"
     killed_trace, resumed_trace = tmp_path / "killed.trace", tmp_path / "resumed.trace"
     killed = robustsnn(
@@ -262,7 +263,7 @@ def test_a_full_disk_is_one_line_and_resume_after_freeing_space_completes(refere
         errors = [line for line in full.stderr.splitlines() if "error" in line.lower()]
         assert full.returncode == 2, full.stderr
         assert "Traceback" not in full.stderr
-        assert len(errors) == 1 and errors[0].startswith("error: cannot write "), full.stderr
+        assert len(errors) == 1 and errors[0].startswith("error: cannot "), full.stderr
         assert str(run_dir) in errors[0] and "no space left on the device" in errors[0]
         remount = ["mount", "-o", "remount,size=8m", str(disk)]
         subprocess.run(remount, check=True)  # space freed

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from robustsnn.errors import ConfigError, storage
+from robustsnn.errors import ConfigError, NotFoundError, storage
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -434,7 +434,7 @@ def load_config(source: str | Path, overrides: dict[str, Any] | None = None) -> 
     if not path.exists():
         preset = CONFIG_DIR / f"{source}.yaml"
         if not preset.exists():
-            raise FileNotFoundError(
+            raise NotFoundError(
                 f"config '{source}' not found: give a YAML file or one of the presets "
                 f"({', '.join(list_presets())})"
             )

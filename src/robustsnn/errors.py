@@ -79,13 +79,14 @@ def storage_error(err: OSError, path: str | Path | None = None, action: str = ""
 
 
 @contextmanager
-def storage(path: str | Path, action: str) -> Iterator[None]:
-    """Turn an ``OSError`` raised inside into a :class:`StorageError` naming ``path``.
+def storage(path: str | Path, action: str, *, exact: bool = False) -> Iterator[None]:
+    """Turn an ``OSError`` raised inside into a :class:`StorageError` naming the file.
 
-    ``FileNotFoundError`` is converted too (its message names the path and what was being done).
+    The file is the one the error names (a parent directory, say), else ``path``; with
+    ``exact`` always ``path`` (an atomic write names its target, not its temporary file).
     """
     try:
         yield
     except OSError as err:
-        filename = err.filename if err.filename is not None else path
+        filename = err.filename if err.filename is not None and not exact else path
         raise storage_error(err, os.fspath(filename), action) from None

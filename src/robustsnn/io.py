@@ -100,8 +100,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     :class:`~robustsnn.errors.StorageError` naming ``path`` and the cause.
     """
     path = Path(path)
-    with storage(path, "write"):
+    with storage(path.parent, "create the directory"):
         path.parent.mkdir(parents=True, exist_ok=True)
+    with storage(path, "write", exact=True):
         mode = path.stat().st_mode & 0o777 if path.exists() else _NEW_FILE_MODE
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:

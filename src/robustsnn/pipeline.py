@@ -13,6 +13,7 @@ import copy
 import hashlib
 import json
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -330,11 +331,14 @@ def measure_energy(
 def check_dataset_shape(meta: dict[str, Any], dataset: str, where: str | Path) -> None:
     """Refuse a dataset whose images do not have the checkpoint's input shape (before loading)."""
     from robustsnn.data import dataset_info, list_datasets
+    from robustsnn.data.registry import _VARIABLE_SHAPE
 
     if dataset not in list_datasets():
         raise DataError(
             f"--dataset: unknown dataset '{dataset}'; known: {', '.join(list_datasets())}"
         )
+    if dataset in _VARIABLE_SHAPE:  # the shape is known only once the files are read
+        return
     expected = [int(v) for v in meta.get("input_shape") or []]
     found = [int(v) for v in dataset_info(dataset).input_shape]
     if expected and found and expected != found:
@@ -405,7 +409,8 @@ def _check_model_arguments(config: RunConfig) -> None:
     from robustsnn.data import dataset_info
 
     try:
-        with torch.device("meta"):
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")  # e.g. zero-element tensors of a placeholder shape
             build_model(config, dataset_info(config.data.dataset))
     except (TypeError, ValueError) as err:
         raise ConfigError(f"model.kwargs / model.neuron: {err}") from None
@@ -593,10 +598,10 @@ def run(
 
 
 def _run_conversion(config: RunConfig, rd: RunDir, force, resume: bool, cb: Callbacks):
+    stages = [s for s in STAGES if s != "snn_finetuned" or config.finetune.enabled]
+    plans = _stage_plans(config, rd, stages, force, resume, cb)  # may refuse: nothing written
     torch.manual_seed(config.seed)
     train, test = _load_data(config)
-    stages = [s for s in STAGES if s != "snn_finetuned" or config.finetune.enabled]
-    plans = _stage_plans(config, rd, stages, force, resume, cb)
     atomic_write_text(rd.config_path, config.to_yaml())
     summary: dict[str, Any] = {
         "name": config.name,

@@ -141,8 +141,6 @@ def run_direct(
 
     cb = callbacks or Callbacks()
     rd = RunDir.create(Path(run_dir))
-    torch.manual_seed(config.seed)
-    train, test = _load_data(config)
     d = config.direct
     names = (["ann"] if d.init == "converted" else []) + [STAGE]
     stems = {"ann": rd.path / "ann", STAGE: rd.path / CHECKPOINT}
@@ -152,6 +150,8 @@ def run_direct(
         if plan.action == "run":
             directory = rd.path / "train" / ("ann" if plan.stage == "ann" else "direct")
             plan.resume = _training_resume(directory, plan, resume, cb)
+    torch.manual_seed(config.seed)
+    train, test = _load_data(config)
     atomic_write_text(rd.config_path, config.to_yaml())
     wall: dict[str, Any] = {}
     stem = stems[STAGE]
