@@ -274,3 +274,50 @@ def test_a_full_disk_is_one_line_and_resume_after_freeing_space_completes(refere
         reference.assert_same_result(run_dir)
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_a_stale_lock_is_explained_and_taken_over(tmp_path):
+    from robustsnn.runlock import run_lock
+
+    stale = {"pid": 999999, "host": "elsewhere", "command": "robustsnn run", "started_utc": "then"}
+    (tmp_path / ".lock").write_text(json.dumps(stale))
+    messages: list[str] = []
+    with run_lock(tmp_path, "robustsnn test", on_message=messages.append):
+        holder = json.loads((tmp_path / ".lock").read_text())
+        assert holder["pid"] == os.getpid() and holder["command"] == "robustsnn test"
+        with run_lock(tmp_path, "nested"):  # re-entrant within one process
+            pass
+        assert json.loads((tmp_path / ".lock").read_text()) == holder
+    assert len(messages) == 1
+    assert (
+        "a stale lock from PID 999999 on host elsewhere (robustsnn run, since then)"
+        in (messages[0])
+    )
+    assert "no longer running; taking it over" in messages[0]
+    assert (tmp_path / ".lock").read_text() == ""  # released cleanly: nothing stale next time
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the holder below uses fcntl")
+def test_a_lock_held_by_a_live_process_refuses_naming_it(tmp_path):
+    from robustsnn.errors import RunError
+    from robustsnn.runlock import run_lock
+
+    holder = (
+        "import fcntl, json, os, sys, time\n"
+        f"fd = os.open({str(tmp_path / '.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "os.write(fd, json.dumps({'pid': os.getpid(), 'host': 'here', 'command': 'x'}).encode())\n"
+        "print('held', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "held"
+        refused = pytest.raises(RunError, match=f"in use by PID {child.pid} on host here")
+        with refused, run_lock(tmp_path, "robustsnn test"):
+            pytest.fail("the lock was taken twice")
+    finally:
+        child.kill()
+        child.wait()
+    with run_lock(tmp_path, "robustsnn test"):  # free again once its holder is gone
+        pass
