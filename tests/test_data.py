@@ -243,6 +243,30 @@ def test_cifar100_reads_python3_pickles_with_fine_labels(tmp_path):
     assert len(load_dataset("cifar100", "test", root=tmp_path)) == 2
 
 
+def test_cifar_batches_re_pickled_by_python3_with_protocol_2_are_read(tmp_path):
+    folder = _write_cifar10(tmp_path)
+    batch = {b"data": _cifar_pixels(3, 0), b"labels": [0, 1, 2]}
+    payload = pickle.dumps(batch, protocol=2)
+    assert b"_codecs" in payload  # Python 3 writes bytes as _codecs.encode(str, 'latin1')
+    (folder / "test_batch").write_bytes(payload)
+    test = load_dataset("cifar10", "test", root=tmp_path)
+    assert test.labels.tolist() == [0, 1, 2]
+    expected = torch.from_numpy(_cifar_pixels(3, 0).reshape(3, 3, 32, 32)).float() / 255
+    assert torch.equal(test.images, expected)
+    # the global is allowed for latin-1 text only: no other codec can be reached
+    other = payload.replace(b"latin1", b"rot13\x00"[:6])
+    with pytest.raises(UnsafePickleError, match="_codecs.encode"):
+        RestrictedUnpickler(io.BytesIO(other)).load()
+
+
+def test_cifar_pixels_must_be_uint8(tmp_path):
+    folder = _write_cifar10(tmp_path)
+    for data in (np.full((2, 3072), 300.0), np.full((2, 3072), 1, dtype=object)):
+        (folder / "test_batch").write_bytes(pickle.dumps({"data": data, "labels": [0, 1]}))
+        with pytest.raises(ValueError, match="uint8 pixels 0..255"):
+            load_dataset("cifar10", "test", root=tmp_path)
+
+
 def test_cifar_missing_and_malformed(tmp_path):
     with pytest.raises(FileNotFoundError) as err:
         load_dataset("cifar10", root=tmp_path)
