@@ -594,8 +594,11 @@ def convert_command(
     calibration: int = typer.Option(512, help="Training images used for calibration."),
 ) -> None:
     """Convert an ANN checkpoint to an SNN with a recipe; save it and its accuracy vs T."""
+    from contextlib import nullcontext
+
     from robustsnn.convert import convert_checkpoint
     from robustsnn.io import atomic_write_text, checkpoint_files
+    from robustsnn.runlock import run_lock
 
     steps = _parse_time_steps(time_steps)
     options = _parse_options(option)
@@ -605,16 +608,18 @@ def convert_command(
     if target.resolve() == source.resolve():
         raise UserError(f"--out {out} would overwrite the ANN checkpoint")
     _check_convert_arguments(source, recipe, options, steps, dataset, samples, calibration)
-    result = convert_checkpoint(
-        source,
-        recipe,
-        steps,
-        target,
-        dataset=dataset,
-        eval_size=samples,
-        calibration_size=calibration,
-        options=options,
-    )
+    in_run = (target.parent / "config.yaml").is_file()  # writing into a run: hold its lock
+    with run_lock(target.parent, "robustsnn convert") if in_run else nullcontext():
+        result = convert_checkpoint(
+            source,
+            recipe,
+            steps,
+            target,
+            dataset=dataset,
+            eval_size=samples,
+            calibration_size=calibration,
+            options=options,
+        )
     offset = result["latency_offset"]
     table = Table(title=escape(f"{recipe} on {result['dataset']}: accuracy vs T"))
     for column in ("T", "total steps", "accuracy %"):
