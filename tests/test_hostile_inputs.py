@@ -344,7 +344,7 @@ CASES = [
     Case(
         "readonly-convert",
         ["convert", "{ro}/run/ann", "--recipe", "max-norm", "--T", "2", "--samples", "4"],
-        ["{ro}/run", "read-only"],
+        ["{ro}/run/.lock"],
         readonly=True,
     ),
 ]
