@@ -3,8 +3,10 @@
 Every case runs ``python -m robustsnn ...`` in a subprocess and must end with a non-zero exit,
 exactly one line on stderr (``error: ...``) that names the key, file or value at fault, no
 traceback, and no file changed in an existing run (the run directory is hashed before and
-after). Cases that target a run get their own copy of one finished tiny run. The cases run a
-few at a time (each is mostly a Python start-up), once per module; each test checks one.
+after). Cases that target a run get their own copy of one finished tiny run. The cases run
+once per module, three processes at a time, each forked from one interpreter that has imported
+torch and robustsnn already (on Linux; elsewhere each is a fresh ``python -m robustsnn``); each
+test then checks one case.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import subprocess
 import sys
 import zlib
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,17 +43,22 @@ energy: {samples: 2, time_steps: [2]}
 """
 
 
-def robustsnn(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def _environment() -> dict[str, str]:
     environment = dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="200")
     environment["PYTHONPATH"] = os.pathsep.join(
         [str(SRC), *filter(None, [environment.get("PYTHONPATH")])]
     )
     for name in ("ROBUSTSNN_DEBUG", "ROBUSTSNN_KILL_AT_REPLACE", "ROBUSTSNN_TRACE"):
         environment.pop(name, None)
+    return environment
+
+
+def robustsnn(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m robustsnn ARGS`` on this checkout's source."""
     return subprocess.run(
         [sys.executable, "-m", "robustsnn", *args],
         cwd=cwd,
-        env=environment,
+        env=_environment(),
         capture_output=True,
         text=True,
         timeout=300,
@@ -65,6 +71,84 @@ def tree_hash(directory: Path) -> dict[str, str]:
         str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(directory.rglob("*"))
         if p.is_file()
+    }
+
+
+# One warm interpreter forks a child per case: each child is a separate process that runs the
+# command line's entry point (robustsnn.cli.main, what the ``robustsnn`` script runs) with its
+# own argv, working directory, stdout, stderr and exit code, but none pays torch's import again.
+_FORKER = """
+import json, os, sys, traceback
+import torch  # noqa: F401 - imported once, before any fork (no OpenMP thread has started)
+import robustsnn.attacks, robustsnn.cli, robustsnn.compare, robustsnn.config  # noqa: E401
+import robustsnn.convert, robustsnn.data, robustsnn.energy, robustsnn.pipeline  # noqa: E401
+requests = [json.loads(line) for line in sys.stdin]
+workers, running, codes = int(sys.argv[1]), {}, {}
+while requests or running:
+    while requests and len(running) < workers:
+        request = requests.pop(0)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.chdir(request["cwd"])
+                for stream, name in ((1, "stdout"), (2, "stderr")):
+                    os.dup2(os.open(request[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC), stream)
+                sys.argv = ["robustsnn", *request["args"]]
+                robustsnn.cli.main()
+                code = 0
+            except SystemExit as done:
+                code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        running[pid] = request["id"]
+    pid, status = os.wait()
+    codes[running.pop(pid)] = os.waitstatus_to_exitcode(status)
+print(json.dumps(codes))
+"""
+
+
+def robustsnn_many(
+    commands: dict[str, list[str]], cwd: Path, workers: int = 3
+) -> dict[str, subprocess.CompletedProcess]:
+    """Run every command (id -> args) in its own process; fork from one warm interpreter where
+    the platform can, else start ``python -m robustsnn`` for each."""
+    if not hasattr(os, "fork") or sys.platform != "linux":
+        return {key: robustsnn(args, cwd) for key, args in commands.items()}
+    outputs = cwd / "outputs"
+    outputs.mkdir(exist_ok=True)
+    requests = [
+        {
+            "id": key,
+            "args": args,
+            "cwd": str(cwd),
+            "stdout": str(outputs / f"{key}.out"),
+            "stderr": str(outputs / f"{key}.err"),
+        }
+        for key, args in commands.items()
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", _FORKER, str(workers)],
+        input="".join(json.dumps(r) + "\n" for r in requests),
+        env=_environment(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    codes = json.loads(done.stdout.strip().splitlines()[-1])
+    return {
+        r["id"]: subprocess.CompletedProcess(
+            r["args"],
+            codes[r["id"]],
+            Path(r["stdout"]).read_text(errors="replace"),
+            Path(r["stderr"]).read_text(errors="replace"),
+        )
+        for r in requests
     }
 
 
@@ -413,7 +497,9 @@ def hostile(tmp_path_factory) -> Hostile:
     ro = root / "readonly"
     ro_skip = _readonly_dir(ro, finished)
 
-    def one(case: Case) -> Outcome:
+    prepared: dict[str, tuple[Path | None, list[str], list[str]]] = {}
+    skipped: dict[str, str] = {}
+    for case in CASES:
         fill = {"{cfg}": str(config), "{tmp}": str(tmp), "{ro}": str(ro)}
         run = None
         if any("{run}" in a for a in case.args):
@@ -424,25 +510,26 @@ def hostile(tmp_path_factory) -> Hostile:
             fill["{run}"] = str(run)
         if case.readonly:
             if ro_skip is not None:
-                return Outcome(None, None, None, [], skip=ro_skip)
+                skipped[case.id] = ro_skip
+                continue
             run = ro / "run"
 
-        def sub(text: str) -> str:
+        def sub(text: str, fill: dict[str, str] = fill) -> str:
             for key, value in fill.items():
                 text = text.replace(key, value)
             return text
 
-        before = tree_hash(run) if run is not None else None
-        result = robustsnn([sub(a) for a in case.args], root)
-        after = tree_hash(run) if run is not None else None
-        return Outcome(result, before, after, [sub(e) for e in case.expect])
-
+        prepared[case.id] = (run, [sub(a) for a in case.args], [sub(e) for e in case.expect])
+    before = {key: tree_hash(run) for key, (run, _, _) in prepared.items() if run is not None}
     try:
-        with ThreadPoolExecutor(max_workers=3) as pool:
-            results = dict(zip([c.id for c in CASES], pool.map(one, CASES), strict=True))
+        done = robustsnn_many({key: args for key, (_, args, _) in prepared.items()}, root)
+        after = {key: tree_hash(run) for key, (run, _, _) in prepared.items() if run is not None}
     finally:
         if os.geteuid() == 0 and ro_skip is None:
             subprocess.run(["umount", str(ro)], check=False)
+    results = {key: Outcome(None, None, None, [], skip=reason) for key, reason in skipped.items()}
+    for key, (_, _, expect) in prepared.items():
+        results[key] = Outcome(done[key], before.get(key), after.get(key), expect)
     return Hostile(finished, results)
 
 
