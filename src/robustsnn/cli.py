@@ -2,8 +2,9 @@
 
 Every sub-command is one function registered on :data:`app`; it imports what it needs from the
 library inside its body (so ``robustsnn --help`` stays fast) and renders with rich. A user
-mistake (``ValueError``, ``FileNotFoundError``) ends as one red ``error: ...`` line on stderr
-and exit code 2, never a traceback; set ``ROBUSTSNN_DEBUG=1`` to see the traceback anyway.
+mistake (:class:`~robustsnn.errors.UserError`, and an OS failure at a named path) ends as one
+red ``error: ...`` line on stderr and exit code 2, never a traceback. Anything else is a bug and
+keeps its traceback; set ``ROBUSTSNN_DEBUG=1`` to see the traceback of a user mistake too.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
+from robustsnn.errors import UserError, describe_os_error
 from robustsnn.runtime import keep_freed_memory
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
 USER_ERROR_EXIT_CODE = 2
 
 console = Console()
@@ -37,16 +38,25 @@ def fail(err: BaseException) -> NoReturn:
     sys.exit(USER_ERROR_EXIT_CODE)
 
 
+def _is_user_error(err: BaseException) -> bool:
+    """A :class:`UserError`, or an OS failure that names its path (full disk, read-only, ...)."""
+    if isinstance(err, UserError):
+        return True
+    return isinstance(err, OSError) and err.filename is not None
+
+
 class _RobustSNNGroup(TyperGroup):
     """The root command; turns user mistakes into one line (also under typer's CliRunner)."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().main(*args, **kwargs)
-        except USER_ERRORS as err:
-            if os.environ.get("ROBUSTSNN_DEBUG"):
+        except (UserError, OSError) as err:
+            if os.environ.get("ROBUSTSNN_DEBUG") or not _is_user_error(err):
                 raise
-            fail(err)
+            if isinstance(err, UserError):
+                fail(err)
+            fail(UserError(describe_os_error(err)))
 
 
 app = typer.Typer(
@@ -278,10 +288,14 @@ class _Progress:
         self.bar.update(1)
         self.bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items()}, refresh=False)
 
-    def on_epoch(self, epoch: int, metrics: dict[str, Any]) -> None:
+    def close(self) -> None:
+        """Remove an open progress bar (the training ended, or failed)."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+    def on_epoch(self, epoch: int, metrics: dict[str, Any]) -> None:
+        self.close()
         shown = ", ".join(
             f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float) and k != "lr"
         )
@@ -309,47 +323,83 @@ def _print_summary(summary: dict[str, Any], report_path: Path) -> None:
     console.print(f"report: {escape(str(report_path))}", highlight=False)
 
 
-def _run(config_source: str, out: Path | None, force: bool, resume: bool, overrides: list[str]):
+def _parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items to ``{key: value}``; values are YAML (numbers, lists, 8/255)."""
     import yaml
 
-    from robustsnn.config import load_config
-    from robustsnn.pipeline import Callbacks, run
+    from robustsnn.errors import ConfigError
 
     parsed: dict[str, Any] = {}
     for item in overrides:
         key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set expects KEY=VALUE, got '{item}'")
-        parsed[key.strip()] = yaml.safe_load(value)
-    config = load_config(config_source, parsed)
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE, got '{item}'")
+        try:
+            parsed[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            first = str(err).splitlines()[0]
+            raise ConfigError(
+                f"--set {key.strip()}: '{value}' is not a YAML value ({first}); quote text, "
+                "e.g. --set 'evaluation.paths=[\"triangle:1.0\"]'"
+            ) from None
+    return parsed
+
+
+def _run(
+    config_source: str, out: Path | None, force: str | None, resume: bool, overrides: list[str]
+):
+    from robustsnn.config import load_config
+    from robustsnn.pipeline import Callbacks, run
+
+    config = load_config(config_source, _parse_overrides(overrides))
     run_dir = out or Path("runs") / config.name
     callbacks = Callbacks(
-        on_stage=lambda name, status: err_console.print(f"[bold]{name}[/bold]: {status}"),
+        on_stage=lambda name, status: err_console.print(
+            f"[bold]{name}[/bold]: {escape(status)}", soft_wrap=True
+        ),
         train=_Progress("train"),
+        on_note=lambda message: err_console.print(
+            f"[yellow]note:[/yellow] {escape(message)}", soft_wrap=True
+        ),
     )
-    summary = run(config, run_dir, force=force, resume=resume, callbacks=callbacks)
+    try:
+        summary = run(config, run_dir, force=force, resume=resume, callbacks=callbacks)
+    finally:
+        callbacks.train.close()  # an error line must not share the line of a progress bar
     _print_summary(summary, run_dir / "report.md")
+
+
+_FORCE_HELP = (
+    "Rerun STAGE and every later stage although their checkpoints exist (needed when the "
+    "settings changed): ann, snn_converted, snn_finetuned (snn_direct), evaluate, or all."
+)
+_RESUME_HELP = (
+    "Continue interrupted training and evaluation (the default); --no-resume discards "
+    "interrupted epochs. Finished stages with the same settings are always reused."
+)
 
 
 @app.command("run")
 def run_command(
     config: str = typer.Argument(..., help="A YAML config file or the name of a preset."),
     out: Path = typer.Option(None, "--out", "-o", help="Run directory (default runs/NAME)."),
-    force: bool = typer.Option(False, "--force", help="Recompute stages whose checkpoint exists."),
-    resume: bool = typer.Option(False, "--resume", help="Continue interrupted training."),
+    force: str = typer.Option(None, "--force", metavar="STAGE", help=_FORCE_HELP),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help=_RESUME_HELP),
     set_: list[str] = typer.Option([], "--set", help="Override a config key: KEY=VALUE."),
 ) -> None:
-    """Run the pipeline: robust ANN → conversion → robust finetuning → evaluation."""
+    """Run the pipeline: robust ANN → conversion → robust finetuning → evaluation.
+
+    Rerunning in the same directory reuses every stage made with the same settings, continues
+    interrupted ones, and refuses changed settings (naming them) unless --force STAGE.
+    """
     _run(config, out, force, resume, set_)
 
 
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Run directory."),
-    force: bool = typer.Option(False, "--force", help="Recompute stages whose checkpoint exists."),
-    resume: bool = typer.Option(
-        True, "--resume/--no-resume", help="Continue interrupted training."
-    ),
+    force: str = typer.Option(None, "--force", metavar="STAGE", help=_FORCE_HELP),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help=_RESUME_HELP),
 ) -> None:
     """The embedded demo: the whole pipeline on MNIST digits shipped with the install."""
     _run("demo", out, force, resume, [])
@@ -365,15 +415,11 @@ def energy(
     samples: int = typer.Option(200, help="Test images to average over."),
     dataset: str = typer.Option(None, help="Dataset (default: the run's)."),
 ) -> None:
-    """Spikes, synaptic operations and energy of the SNN against its ANN."""
+    """Spikes, synaptic operations and energy of the SNN against its ANN (prints; the run's
+    stored energy block is left as the pipeline wrote it)."""
     from robustsnn.pipeline import measure_energy
 
-    steps = None
-    if time_steps:
-        try:
-            steps = [int(t) for t in time_steps.split(",")]
-        except ValueError:
-            raise ValueError(f"--T expects integers like 4,8; got '{time_steps}'") from None
+    steps = _parse_time_steps(time_steps) if time_steps else None
     report = measure_energy(
         target, time_steps=steps, preset=preset, samples=samples, dataset=dataset
     )
@@ -409,8 +455,14 @@ def energy(
 def report(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
     """Re-render report.md, report.html and the plots from the run's JSON (no recompute)."""
     from robustsnn.pipeline import write_report
+    from robustsnn.runlock import run_lock
 
-    path = write_report(run_dir)
+    if not run_dir.is_dir():
+        from robustsnn.errors import NotFoundError
+
+        raise NotFoundError(f"{run_dir}: not a run directory")
+    with run_lock(run_dir, "robustsnn report"):
+        path = write_report(run_dir)
     console.print(f"report: {escape(str(path))}", highlight=False)
 
 
@@ -454,9 +506,9 @@ def _parse_time_steps(text: str) -> list[int]:
     try:
         steps = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise ValueError(f"--T expects integers >= 1 like 1,2,4,8; got '{text}'") from None
+        raise UserError(f"--T expects integers >= 1 like 1,2,4,8; got '{text}'") from None
     if not steps or min(steps) < 1:
-        raise ValueError(f"--T expects integers >= 1 like 1,2,4,8; got '{text}'")
+        raise UserError(f"--T expects integers >= 1 like 1,2,4,8; got '{text}'")
     return steps
 
 
@@ -468,7 +520,7 @@ def _parse_options(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--option expects KEY=VALUE, got '{item}'")
+            raise UserError(f"--option expects KEY=VALUE, got '{item}'")
         try:
             options[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError:
@@ -488,6 +540,36 @@ def _accuracy_markdown(result: dict[str, Any], source: Path) -> str:
     for steps, accuracy in sorted(result["accuracy"].items()):
         lines.append(f"| {steps} | {offset + steps} | {100 * accuracy:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def _check_convert_arguments(
+    source: Path,
+    recipe: str,
+    options: dict[str, Any],
+    steps: list[int],
+    dataset: str | None,
+    samples: int | None,
+    calibration: int,
+) -> None:
+    """Everything ``convert`` can check before calibrating: the recipe and its options, the
+    counts, the dataset's image shape and the memory the largest T needs."""
+    from robustsnn.convert.recipes import check_options
+    from robustsnn.io import check_time_steps_memory, load_checkpoint
+    from robustsnn.pipeline import check_dataset_shape
+
+    try:
+        check_options(recipe, options)
+    except UserError:
+        raise
+    except ValueError as err:
+        raise UserError(f"--recipe {recipe}: {err}") from None
+    for name, value in (("--samples", samples), ("--calibration", calibration)):
+        if value is not None and value < 1:
+            raise UserError(f"{name}: must be >= 1, got {value}")
+    model, meta = load_checkpoint(source)
+    if dataset is not None:
+        check_dataset_shape(meta, dataset, source)
+    check_time_steps_memory(model, max(steps), 1, "--T")
 
 
 @app.command("convert")
@@ -512,8 +594,11 @@ def convert_command(
     calibration: int = typer.Option(512, help="Training images used for calibration."),
 ) -> None:
     """Convert an ANN checkpoint to an SNN with a recipe; save it and its accuracy vs T."""
+    from contextlib import nullcontext
+
     from robustsnn.convert import convert_checkpoint
     from robustsnn.io import atomic_write_text, checkpoint_files
+    from robustsnn.runlock import run_lock
 
     steps = _parse_time_steps(time_steps)
     options = _parse_options(option)
@@ -521,17 +606,20 @@ def convert_command(
     target = checkpoint_files(out)[0].with_suffix("") if out else None
     target = target or source.with_name(f"{source.name}_{recipe}")
     if target.resolve() == source.resolve():
-        raise ValueError(f"--out {out} would overwrite the ANN checkpoint")
-    result = convert_checkpoint(
-        source,
-        recipe,
-        steps,
-        target,
-        dataset=dataset,
-        eval_size=samples,
-        calibration_size=calibration,
-        options=options,
-    )
+        raise UserError(f"--out {out} would overwrite the ANN checkpoint")
+    _check_convert_arguments(source, recipe, options, steps, dataset, samples, calibration)
+    in_run = (target.parent / "config.yaml").is_file()  # writing into a run: hold its lock
+    with run_lock(target.parent, "robustsnn convert") if in_run else nullcontext():
+        result = convert_checkpoint(
+            source,
+            recipe,
+            steps,
+            target,
+            dataset=dataset,
+            eval_size=samples,
+            calibration_size=calibration,
+            options=options,
+        )
     offset = result["latency_offset"]
     table = Table(title=escape(f"{recipe} on {result['dataset']}: accuracy vs T"))
     for column in ("T", "total steps", "accuracy %"):
@@ -572,10 +660,41 @@ class _EvaluationProgress:
 def _parse_eps_list(text: str) -> list[float]:
     from robustsnn.config import parse_eps
 
-    values = [parse_eps(item, "--eps") for item in text.split(",") if item.strip()]
+    values = [parse_eps(item, "--eps", upper=None) for item in text.split(",") if item.strip()]
     if not values:
-        raise ValueError(f"--eps expects budgets like 0.1,0.3 or 8/255; got '{text}'")
+        raise UserError(f"--eps expects budgets like 0.1,0.3 or 8/255; got '{text}'")
     return values
+
+
+def _check_evaluate_arguments(
+    target: Path, suite: str, budgets: list[float] | None, samples: int | None, dataset: str | None
+) -> None:
+    """What ``evaluate`` can check before loading data: the suite, L∞ budgets in (0, 1],
+    the sample count and the dataset's image shape."""
+    from robustsnn.attacks import load_suite
+    from robustsnn.config import parse_eps
+    from robustsnn.io import checkpoint_files, read_metadata
+    from robustsnn.pipeline import check_dataset_shape
+
+    try:
+        norm = load_suite(suite).norm
+    except UserError:
+        raise
+    except (ValueError, FileNotFoundError) as err:
+        raise UserError(f"--suite {suite}: {err}") from None
+    if norm != "l2":
+        for value in budgets or []:
+            parse_eps(value, "--eps")
+    if samples is not None and samples < 1:
+        raise UserError(f"--samples: must be >= 1, got {samples}")
+    if dataset is not None:
+        stem = target
+        if target.is_dir():
+            stem = next(
+                (target / n for n in ("snn", "snn_converted") if (target / f"{n}.json").exists()),
+                target / "snn",
+            )
+        check_dataset_shape(read_metadata(checkpoint_files(stem)[1]), dataset, stem)
 
 
 @app.command()
@@ -598,22 +717,29 @@ def evaluate(
     ),
 ) -> None:
     """Attack a run's final SNN (or a checkpoint) with a suite; per-sample worst case."""
+    from contextlib import nullcontext
+
     from robustsnn.attacks import evaluate_checkpoint
+    from robustsnn.runlock import run_lock
 
     budgets = _parse_eps_list(eps) if eps is not None else None
+    _check_evaluate_arguments(target, suite, budgets, samples, dataset)
     progress = _EvaluationProgress()
+    writes_run = target.is_dir() and out is None
+    lock = run_lock(target, "robustsnn evaluate") if writes_run else nullcontext()
     try:
-        done = evaluate_checkpoint(
-            target,
-            suite,
-            eps=budgets,
-            samples=samples,
-            out=out,
-            dataset=dataset,
-            resume=resume,
-            cross_check=cross_check,
-            progress=progress,
-        )
+        with lock:
+            done = evaluate_checkpoint(
+                target,
+                suite,
+                eps=budgets,
+                samples=samples,
+                out=out,
+                dataset=dataset,
+                resume=resume,
+                cross_check=cross_check,
+                progress=progress,
+            )
     finally:
         progress.close()
     summary = done.summary

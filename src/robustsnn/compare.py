@@ -16,17 +16,33 @@ from typing import Any
 
 import yaml
 
+from robustsnn.errors import NotFoundError, UserError, storage
+
 FINAL_STAGES = ("snn_direct", "snn_finetuned", "snn_converted", "ann")
 TRAINING_STAGES = ("ann", "snn_converted", "snn_finetuned", "snn_direct")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    if not path.parent.is_dir():
+        what = "not a directory" if path.parent.exists() else "no such directory"
+        raise NotFoundError(f"{path.parent}: {what}; give run directories (with summary.json)")
+    if not path.is_file():
+        raise NotFoundError(f"{path.parent}: no summary.json (not a finished run)")
+    with storage(path, "read"):
+        raw = path.read_bytes()
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path.parent}: no summary.json (not a finished run)") from None
-    except ValueError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: not a run summary (a JSON object), found a {type(data).__name__}")
+    return data
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise UserError(f"{where}: expected a JSON object, found {type(value).__name__}")
+    return value
 
 
 def _method(summary: dict[str, Any], run_dir: Path) -> str:
@@ -41,9 +57,13 @@ def _method(summary: dict[str, Any], run_dir: Path) -> str:
     config_path = run_dir / "config.yaml"
     finetuned = "snn_finetuned" in summary.get("stages", {})
     label = "conversion+finetune" if finetuned else "conversion"
-    if config_path.exists():
-        config = yaml.safe_load(config_path.read_text()) or {}
-        objective = (config.get("ann") or {}).get("objective")
+    if config_path.is_file():
+        try:
+            config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            config = None  # the label only loses its ANN objective
+        ann = config.get("ann") if isinstance(config, dict) else None
+        objective = ann.get("objective") if isinstance(ann, dict) else None
         if objective:
             label += f" (ANN {objective})"
     return label
@@ -73,11 +93,12 @@ def run_row(run_dir: str | Path) -> dict[str, Any]:
     """One run's row (see the module docstring)."""
     run_dir = Path(run_dir)
     summary = _read_json(run_dir / "summary.json")
-    stages = summary.get("stages", {})
+    stages = _mapping(summary.get("stages", {}), f"{run_dir}/summary.json: 'stages'")
     name = next((s for s in FINAL_STAGES if s in stages), None)
     if name is None:
-        raise ValueError(f"{run_dir}: summary.json has no evaluated stage")
-    stage = stages[name]
+        raise UserError(f"{run_dir}: summary.json has no evaluated stage")
+    stage = _mapping(stages[name], f"{run_dir}/summary.json: stage '{name}'")
+    _mapping(stage.get("robust", {}), f"{run_dir}/summary.json: stage '{name}' 'robust'")
     steps = stage.get("time_steps", summary.get("time_steps"))
     attack = stage.get("attack", {})
     return {
@@ -107,7 +128,7 @@ def same_suite(rows: list[dict[str, Any]]) -> bool:
 def compare_runs(paths: list[str | Path]) -> dict[str, Any]:
     """Rows for every run, the union of their ε keys (sorted) and whether the suites agree."""
     if not paths:
-        raise ValueError("give at least one run directory")
+        raise UserError("give at least one run directory")
     rows = [run_row(p) for p in paths]
     eps = sorted({k for r in rows for k in r["robust"]}, key=float)
     return {"rows": rows, "eps": eps, "same_suite": same_suite(rows)}

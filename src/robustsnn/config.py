@@ -17,15 +17,20 @@ from typing import Any
 
 import yaml
 
+from robustsnn.errors import ConfigError, NotFoundError, storage
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
-class ConfigError(ValueError):
-    """A config that cannot be used; the message names the key and what is accepted."""
+def parse_eps(
+    value: Any, key: str = "eps", *, upper: float | None = 1.0, zero: bool = False
+) -> float:
+    """A budget as a number or a fraction string such as ``"8/255"``.
 
-
-def parse_eps(value: Any, key: str = "eps") -> float:
-    """A budget as a number or a fraction string such as ``"8/255"``; must be >= 0."""
+    An L∞ pixel budget lies in (0, 1] (images are in [0, 1]), so ``8`` or ``255`` is refused
+    with a hint to write ``8/255``; ``upper=None`` drops the upper bound (L2 budgets),
+    ``zero=True`` accepts 0 (a sweep's clean point).
+    """
     if isinstance(value, str):
         text = value.strip()
         try:
@@ -39,8 +44,14 @@ def parse_eps(value: Any, key: str = "eps") -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{key}: expected a number or a fraction like 8/255, got {value!r}")
     value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{key}: must be a finite number >= 0, got {value}")
+    low = "0 <=" if zero else "0 <"
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        raise ConfigError(f"{key}: must be a finite number with {low} ε <= 1, got {value}")
+    if upper is not None and value > upper:
+        raise ConfigError(
+            f"{key}: {value:g} is above {upper:g}: an L∞ budget is in pixel units of [0, 1]; "
+            f"write a fraction like 8/255 for 8 grey levels"
+        )
     return value
 
 
@@ -279,7 +290,10 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         (item,) = args
         if item is float and key.endswith("eps"):
-            return [parse_eps(v, key) for v in value]
+            # Evaluation budgets may be L2 (no upper bound): validate() checks them per norm.
+            evaluation = key.startswith("evaluation.")
+            upper = None if evaluation else 1.0
+            return [parse_eps(v, key, upper=upper, zero=key.endswith("sweep_eps")) for v in value]
         return [_convert(v, item, key) for v in value]
     if origin is dict:
         if not isinstance(value, dict):
@@ -307,6 +321,14 @@ def _build(cls: type, data: Any, prefix: str = "") -> Any:
 def validate(config: RunConfig) -> RunConfig:
     """Check values that types alone cannot (choices, ranges, names of datasets and models)."""
     flat = _flatten(config.to_dict())
+    if not 0 <= config.seed < 2**63:
+        raise ConfigError(f"seed: must be an integer in [0, 2**63), got {config.seed}")
+    for key, value in flat.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}: must be a finite number, got {value}")
+    for key in ("ann.momentum", "direct.momentum"):
+        if not 0 <= flat[key] < 1:
+            raise ConfigError(f"{key}: must be in [0, 1), got {flat[key]}")
     for key, choices in _CHOICES.items():
         if flat[key] not in choices:
             raise ConfigError(f"{key}: '{flat[key]}' is not one of {', '.join(choices)}")
@@ -323,6 +345,10 @@ def validate(config: RunConfig) -> RunConfig:
             raise ConfigError(f"{key}: must be >= 0, got {flat[key]}")
     if not config.evaluation.eps:
         raise ConfigError("evaluation.eps: give at least one budget")
+    if config.evaluation.options.get("norm", "linf") != "l2":
+        for key in ("evaluation.eps", "evaluation.sweep_eps"):
+            for value in flat[key]:
+                parse_eps(value, key, zero=key.endswith("sweep_eps"))
     for key, values in (
         ("evaluation.time_steps_curve", config.evaluation.time_steps_curve),
         ("energy.time_steps", config.energy.time_steps),
@@ -416,15 +442,29 @@ def load_config(source: str | Path, overrides: dict[str, Any] | None = None) -> 
     if not path.exists():
         preset = CONFIG_DIR / f"{source}.yaml"
         if not preset.exists():
-            raise FileNotFoundError(
+            raise NotFoundError(
                 f"config '{source}' not found: give a YAML file or one of the presets "
                 f"({', '.join(list_presets())})"
             )
         path = preset
+    with storage(path, "read the config"):
+        raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text (UTF-8 YAML) file") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if data is None:
+        raise ConfigError(
+            f"{path}: the config is empty; start from a preset (robustsnn run demo) or copy one "
+            f"of {CONFIG_DIR} and change it"
+        )
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: a config must be a mapping of sections (name:, data:, model:, ann:, ...), "
+            f"got a {type(data).__name__}"
+        )
     for key, value in (overrides or {}).items():
         _set_dotted(data, key, value)
     return config_from_dict(data)
@@ -432,9 +472,13 @@ def load_config(source: str | Path, overrides: dict[str, Any] | None = None) -> 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {key}: a key is dotted section names like ann.epochs")
     node = data
     for part in parts[:-1]:
-        node = node.setdefault(part, {})
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
         if not isinstance(node, dict):
-            raise ConfigError(f"override '{key}': '{part}' is not a section")
+            raise ConfigError(f"--set {key}: '{part}' is not a section")
     node[parts[-1]] = value

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustsnn.errors import UserError
 from robustsnn.snn.network import get_time_steps, named_neurons, using_time_steps
 from robustsnn.snn.neuron import Neuron
 
@@ -103,14 +104,14 @@ def energy_costs(preset: str | tuple[float, float]) -> tuple[float, float]:
     """(E_MAC, E_AC) in pJ from a preset name or a user pair."""
     if isinstance(preset, str):
         if preset not in ENERGY_PRESETS:
-            raise ValueError(
+            raise UserError(
                 f"unknown energy preset '{preset}'; known: {', '.join(ENERGY_PRESETS)} "
                 "or a pair (E_MAC, E_AC) in pJ"
             )
         return ENERGY_PRESETS[preset]
     e_mac, e_ac = preset
     if e_mac < 0 or e_ac < 0:
-        raise ValueError("energy costs must be >= 0")
+        raise UserError("energy costs must be >= 0")
     return float(e_mac), float(e_ac)
 
 
@@ -277,7 +278,7 @@ def energy_report(
     snn: dict[str, Any] = {}
     for steps in steps_list:
         if steps < 1:
-            raise ValueError(f"SNN time steps must be >= 1, got {steps}")
+            raise UserError(f"SNN time steps must be >= 1, got {steps}")
         counts = count_operations(model, images, time_steps=steps, batch_size=batch_size)
         energy = counts.energy_pj((e_mac, e_ac))
         snn[str(steps)] = {

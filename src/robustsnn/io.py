@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustsnn.errors import CheckpointError, NotFoundError, storage
+
 FORMAT = "robustsnn-checkpoint"
 VERSION = 1
 RESERVED_KEYS = (
@@ -52,29 +54,86 @@ _NEW_FILE_MODE = 0o666 & ~_read_umask()
 
 
 # ---- atomic files ----------------------------------------------------------------------------
+KILL_AT_REPLACE_ENV = "ROBUSTSNN_KILL_AT_REPLACE"
+"""Fault injection for the crash tests: with ``N`` set, the process kills itself with SIGKILL
+just before its N-th atomic replace (the temporary file is written, the target is not)."""
+_replaces = 0
+
+
+def _crash_hook() -> None:
+    """SIGKILL this process at the N-th atomic replace when :data:`KILL_AT_REPLACE_ENV` says so."""
+    global _replaces
+    target = os.environ.get(KILL_AT_REPLACE_ENV)
+    if not target:
+        return
+    _replaces += 1
+    if _replaces == int(target):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+TRACE_ENV = "ROBUSTSNN_TRACE"
+"""With a file path set, :func:`trace` appends one JSON line per event to it (the crash tests
+count attack batches this way)."""
+
+
+def trace(event: str, **fields: Any) -> None:
+    """Append ``{"event": event, **fields}`` to the file named by :data:`TRACE_ENV`, if set."""
+    target = os.environ.get(TRACE_ENV)
+    if target:
+        with open(target, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"event": event, "pid": os.getpid(), **fields}) + "\n")
+
+
+TEMPORARY_GLOB = ".*.tmp"
+"""The names :func:`atomic_write_bytes` gives its temporary files (``.<name>.<random>.tmp``)."""
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never half.
 
     The bytes go to a temporary file in the same directory, are flushed and fsynced, and the
     temporary file then replaces ``path`` in one ``os.replace``. On any failure the temporary
-    file is removed and an existing ``path`` is left untouched.
+    file is removed and an existing ``path`` is left untouched; an OS failure (full disk,
+    read-only file system, a file where a directory should be) becomes a
+    :class:`~robustsnn.errors.StorageError` naming ``path`` and the cause.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o777 if path.exists() else _NEW_FILE_MODE
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with storage(path.parent, "create the directory"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with storage(path, "write", exact=True):
+        mode = path.stat().st_mode & 0o777 if path.exists() else _NEW_FILE_MODE
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, mode)
+            _crash_hook()
+            os.replace(tmp, path)
+            trace("replace", path=str(path))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     _fsync_directory(path.parent)
     return path
+
+
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Delete the temporary files a killed :func:`atomic_write_bytes` left under ``directory``.
+
+    Only call this while holding the directory's lock (:mod:`robustsnn.runlock`): then no
+    other writer can own them. Returns the removed paths.
+    """
+    removed = []
+    for tmp in sorted(Path(directory).rglob(TEMPORARY_GLOB)):
+        if tmp.is_file():
+            with storage(tmp, "remove"):
+                tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -110,11 +169,12 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
     """Append ``record`` as one JSON line, flushed and fsynced (a log survives a crash)."""
     line = json.dumps(record, default=_jsonable) + "\n"
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
+    with storage(path, "append to"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def _jsonable(obj: Any) -> Any:
@@ -240,21 +300,28 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     """The JSON half of a checkpoint, checked to be a robustsnn checkpoint this version reads."""
     tensor_path, meta_path = checkpoint_files(path)
     if not meta_path.exists():
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"checkpoint not found: expected {tensor_path} and {meta_path}"
-            + ("" if not tensor_path.exists() else f" ({meta_path.name} is missing)")
+            + (
+                ""
+                if not tensor_path.exists()
+                else f" ({meta_path.name} is missing: its save was interrupted; rerun the stage,"
+                " e.g. robustsnn run CONFIG -o RUN_DIR, which discards the torn pair)"
+            )
         )
+    with storage(meta_path, "read"):
+        raw = meta_path.read_bytes()
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = json.loads(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"{meta_path}: not valid JSON ({err})") from None
+        raise CheckpointError(f"{meta_path}: not valid JSON ({err})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f'{meta_path}: not a robustsnn checkpoint (no "format": "{FORMAT}")')
+        raise CheckpointError(f'{meta_path}: not a robustsnn checkpoint (no "format": "{FORMAT}")')
     version = meta.get("version")
     if not isinstance(version, int) or version < 1:
-        raise ValueError(f"{meta_path}: invalid checkpoint version {version!r}")
+        raise CheckpointError(f"{meta_path}: invalid checkpoint version {version!r}")
     if version > VERSION:
-        raise ValueError(
+        raise CheckpointError(
             f"{meta_path}: written by a newer robustsnn (checkpoint version {version}, "
             f"this one reads up to {VERSION}); upgrade robustsnn"
         )
@@ -264,12 +331,14 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         or not isinstance(arch.get("name"), str)
         or not isinstance(arch.get("kwargs", {}), dict)
     ):
-        raise ValueError(f'{meta_path}: \'architecture\' must be {{"name": ..., "kwargs": {{}}}}')
+        raise CheckpointError(
+            f'{meta_path}: \'architecture\' must be {{"name": ..., "kwargs": {{}}}}'
+        )
     if not isinstance(meta.get("neurons"), dict):
-        raise ValueError(f"{meta_path}: 'neurons' must map neuron names to their settings")
+        raise CheckpointError(f"{meta_path}: 'neurons' must map neuron names to their settings")
     steps = meta.get("time_steps", 0)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"{meta_path}: 'time_steps' must be an integer >= 0, got {steps!r}")
+        raise CheckpointError(f"{meta_path}: 'time_steps' must be an integer >= 0, got {steps!r}")
     return meta
 
 
@@ -278,17 +347,18 @@ def _read_tensors(tensor_path: Path, expected_sha256: str | None) -> dict[str, t
     from safetensors.torch import load
 
     if not tensor_path.exists():
-        raise FileNotFoundError(f"checkpoint tensors not found: expected {tensor_path}")
-    blob = tensor_path.read_bytes()
+        raise NotFoundError(f"checkpoint tensors not found: expected {tensor_path}")
+    with storage(tensor_path, "read"):
+        blob = tensor_path.read_bytes()
     if expected_sha256 is not None and hashlib.sha256(blob).hexdigest() != expected_sha256:
-        raise ValueError(
+        raise CheckpointError(
             f"{tensor_path}: the tensors do not belong to {tensor_path.stem}.json "
             "(the file was replaced or a save was interrupted); save the checkpoint again"
         )
     try:
         return load(blob)
     except (SafetensorError, ValueError, OSError) as err:
-        raise ValueError(f"{tensor_path}: not a readable safetensors file ({err})") from None
+        raise CheckpointError(f"{tensor_path}: not a readable safetensors file ({err})") from None
 
 
 def _configure_neurons(model: nn.Module, settings: dict[str, Any], where: Path) -> None:
@@ -299,22 +369,22 @@ def _configure_neurons(model: nn.Module, settings: dict[str, Any], where: Path) 
     if set(neurons) != set(settings):
         missing = sorted(set(neurons) - set(settings))
         extra = sorted(set(settings) - set(neurons))
-        raise ValueError(
+        raise CheckpointError(
             f"{where}: the neurons do not match the model (missing {missing}, unexpected {extra})"
         )
     for name, values in settings.items():
         if not isinstance(values, dict):
-            raise ValueError(f"{where}: the settings of neuron '{name}' must be a dict")
+            raise CheckpointError(f"{where}: the settings of neuron '{name}' must be a dict")
         values = dict(values)
         for fixed in ("channels", "per_channel"):  # structural: set by the model and the tensors
             values.pop(fixed, None)
         mode = values.pop("initial_potential", "zero")
         if mode not in INITIAL_POTENTIALS:
-            raise ValueError(f"{where}: neuron '{name}': unknown initial potential {mode!r}")
+            raise CheckpointError(f"{where}: neuron '{name}': unknown initial potential {mode!r}")
         try:
             neurons[name].configure(**values)
         except (TypeError, ValueError) as err:
-            raise ValueError(f"{where}: neuron '{name}': {err}") from None
+            raise CheckpointError(f"{where}: neuron '{name}': {err}") from None
         # The tensor of a "tensor" initial potential arrives with the state dict.
         neurons[name].initial_potential_mode = mode
 
@@ -327,7 +397,7 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], where: Path) -
         shown = "; ".join(problems[:2]) + (
             f"; and {len(problems) - 2} more" if len(problems) > 2 else ""
         )
-        raise ValueError(f"{where}: the tensors do not fit the model: {shown}") from None
+        raise CheckpointError(f"{where}: the tensors do not fit the model: {shown}") from None
 
 
 def load_checkpoint(
@@ -347,25 +417,155 @@ def load_checkpoint(
     tensor_path, meta_path = checkpoint_files(path)
     meta = read_metadata(meta_path)
     state = _read_tensors(tensor_path, meta.get("tensors_sha256"))
+    _check_finite(state, tensor_path)
     arch = meta["architecture"]
+    _check_model_size(arch, tensor_path, meta_path)
     try:
         model = create_model(arch["name"], **arch.get("kwargs", {}))
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{meta_path}: cannot build model '{arch['name']}': {err}") from None
+        raise CheckpointError(f"{meta_path}: cannot build model '{arch['name']}': {err}") from None
     _configure_neurons(model, meta["neurons"], meta_path)
     _load_state(model, state, tensor_path)
+    check_time_steps_memory(model, meta.get("time_steps", 0), 1, f"{meta_path}: time_steps")
     for name, neuron in named_neurons(model):
         if neuron.initial_potential_mode == "tensor" and neuron.initial_potential is None:
-            raise ValueError(f"{tensor_path}: neuron '{name}' needs an initial-potential tensor")
+            raise CheckpointError(
+                f"{tensor_path}: neuron '{name}' needs an initial-potential tensor"
+            )
     encoding = meta.get("encoding", "direct")
     if encoding not in ENCODINGS:
-        raise ValueError(f"{meta_path}: unknown encoding {encoding!r}")
+        raise CheckpointError(f"{meta_path}: unknown encoding {encoding!r}")
     set_time_steps(model, meta.get("time_steps", 0))
     model.encoding = encoding
     if hasattr(model, "reseed"):
         model.reseed(meta.get("poisson_seed"))
     _restore_conversion(model, meta, meta_path)
     return model.to(device).eval(), meta
+
+
+def _check_finite(state: dict[str, torch.Tensor], where: Path) -> None:
+    """Refuse NaN or inf weights: such a model would still produce (meaningless) predictions."""
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(
+                f"{where}: tensor '{key}' holds NaN or inf values; this is not a usable model "
+                "(train or convert it again)"
+            )
+
+
+def _check_model_size(arch: dict[str, Any], tensor_path: Path, meta_path: Path) -> None:
+    """Build the architecture on the meta device (no memory) and refuse it when its weights
+    are far larger than the tensor file: crafted model arguments must not exhaust memory."""
+    from robustsnn.models import create_model
+
+    try:
+        with torch.device("meta"):
+            probe = create_model(arch["name"], **arch.get("kwargs", {}))
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{meta_path}: cannot build model '{arch['name']}': {err}") from None
+    except Exception:  # noqa: BLE001 - a model that cannot be probed is built for real below
+        return
+    need = sum(t.numel() * t.element_size() for t in probe.state_dict().values())
+    have = tensor_path.stat().st_size
+    if need > 2 * have + (1 << 20):
+        raise CheckpointError(
+            f"{meta_path}: model '{arch['name']}' with these arguments needs "
+            f"{_mebibytes(need)} of weights but {tensor_path.name} holds {_mebibytes(have)}; "
+            "the JSON's model arguments do not belong to these tensors"
+        )
+
+
+def _mebibytes(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def _physical_memory() -> int | None:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def estimate_snn_memory(model: nn.Module, time_steps: int, batch_size: int) -> int:
+    """Bytes of activations an SNN forward pass at ``time_steps`` needs for ``batch_size`` images.
+
+    Every neuron's output is measured with one ANN (T = 0) forward pass of a zero image; with
+    time folded into the batch, every one of them is held ``time_steps`` times, and twice over
+    (the membrane input and the spikes), in float32.
+    """
+    from robustsnn.snn.network import get_time_steps, named_neurons, set_time_steps
+
+    shape = tuple(getattr(model, "input_shape", ()) or ())
+    if not shape or time_steps < 1:
+        return 0
+    sizes: list[int] = []
+    hooks = [
+        n.register_forward_hook(lambda m, i, o: sizes.append(o.numel()))
+        for _, n in named_neurons(model)
+    ]
+    previous = get_time_steps(model)
+    try:
+        set_time_steps(model, 0)
+        with torch.no_grad():
+            model.eval()(torch.zeros((1, *shape)))
+    finally:
+        set_time_steps(model, previous)
+        for hook in hooks:
+            hook.remove()
+    per_image = sum(sizes) + int(torch.Size(shape).numel())
+    return 2 * 4 * per_image * int(time_steps) * int(batch_size)
+
+
+def check_time_steps_memory(model: nn.Module, time_steps: int, batch_size: int, what: str) -> None:
+    """Refuse ``time_steps`` when even the estimate of its activations exceeds the machine's
+    memory: a huge T (from a command line or a checkpoint JSON) must fail before allocating."""
+    total = _physical_memory()
+    if total is None or time_steps < 1:
+        return
+    need = estimate_snn_memory(model, time_steps, batch_size)
+    if need > total:
+        raise CheckpointError(
+            f"{what}: T = {time_steps} needs about {_mebibytes(need)} for {batch_size} image(s), "
+            f"more than this machine's {_mebibytes(total)}; use a smaller T"
+        )
+
+
+# ---- torn checkpoint pairs -------------------------------------------------------------------
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why the checkpoint pair at ``path`` is not complete, or None when it is (or is absent).
+
+    A pair is complete when its JSON exists (it is written last) and the SHA-256 it records
+    matches the tensor file. A kill between the two writes leaves tensors without their JSON,
+    or (when a checkpoint is overwritten) new tensors beside the old JSON.
+    """
+    tensor_path, meta_path = checkpoint_files(path)
+    if not meta_path.exists():
+        return f"{tensor_path.name} has no {meta_path.name}" if tensor_path.exists() else None
+    if not tensor_path.exists():
+        return f"{meta_path.name} has no {tensor_path.name}"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        expected = meta.get("tensors_sha256") if isinstance(meta, dict) else None
+    except (ValueError, UnicodeDecodeError):
+        return f"{meta_path.name} is not valid JSON"
+    if expected is not None and hashlib.sha256(tensor_path.read_bytes()).hexdigest() != expected:
+        return f"{tensor_path.name} does not match the SHA-256 in {meta_path.name}"
+    return None
+
+
+def discard_torn_checkpoint(path: str | Path) -> str | None:
+    """Remove both files of a torn pair (see :func:`checkpoint_problem`); return what was done.
+
+    A torn pair cannot be repaired: the half that is missing or stale is the one that was
+    being written. Returns None (and removes nothing) for a complete or absent pair.
+    """
+    problem = checkpoint_problem(path)
+    if problem is None:
+        return None
+    for file in checkpoint_files(path):
+        with storage(file, "remove"):
+            file.unlink(missing_ok=True)
+    return f"discarded a torn checkpoint ({problem}: a save was interrupted)"
 
 
 CONVERSION_KEYS = ("presimulation", "readout_delay")
@@ -382,7 +582,7 @@ def _restore_conversion(model: nn.Module, meta: dict[str, Any], where: Path) -> 
     try:
         apply_conversion_metadata(model, meta)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{where}: cannot restore the conversion settings: {err}") from None
+        raise CheckpointError(f"{where}: cannot restore the conversion settings: {err}") from None
 
 
 # ---- foreign weights -------------------------------------------------------------------------
@@ -401,18 +601,18 @@ def import_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".safetensors", ".pt", ".pth"):
-        raise ValueError(
+        raise CheckpointError(
             f"{path}: refused: '{suffix or path.name}' files are not read (they may hold "
             "pickled code); give .safetensors, or a .pt/.pth state dict"
         )
     if not path.exists():
-        raise FileNotFoundError(f"weights file not found: {path}")
+        raise NotFoundError(f"weights file not found: {path}")
     if suffix == ".safetensors":
         return _read_tensors(path, None)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # any failure is a refusal; never retry without weights_only
-        raise ValueError(
+        raise CheckpointError(
             f"{path}: refused: torch.load(weights_only=True) cannot read it "
             f"({_load_failure_reason(err)}); robustsnn never unpickles arbitrary objects: "
             "re-save it with torch.save(model.state_dict(), path) or as .safetensors"
@@ -423,10 +623,10 @@ def import_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not obj:
-        raise ValueError(f"{path}: expected a state dict (names -> tensors)")
+        raise CheckpointError(f"{path}: expected a state dict (names -> tensors)")
     bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not torch.is_tensor(v)]
     if bad:
-        raise ValueError(f"{path}: expected a state dict of tensors; not tensors: {bad[:3]}")
+        raise CheckpointError(f"{path}: expected a state dict of tensors; not tensors: {bad[:3]}")
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 

@@ -50,21 +50,29 @@ def _with_model_kwargs(config: RunConfig, kwargs: dict[str, Any]) -> RunConfig:
     return changed
 
 
-def _converted_model(config: RunConfig, train, test, rd: RunDir, resume: bool, cb, wall: dict):
-    """The hybrid start: the config's ANN stage (trained or loaded), then its conversion."""
-    from robustsnn.pipeline import _convert, _train_ann, build_model
+def _converted_model(config: RunConfig, train, test, rd: RunDir, ann_plan, cb, wall: dict):
+    """The hybrid start: the config's ANN stage (trained or reused), then its conversion."""
+    from robustsnn.pipeline import _convert, _start_training, _train_ann, build_model
 
     stem = rd.path / "ann"
     start = time.perf_counter()
-    if Path(f"{stem}.safetensors").exists():
+    if ann_plan.action == "reuse":
+        cb.stage("ann", f"reused ({ann_plan.reason})")
         ann, meta = load_checkpoint(stem)
         wall["ann"] = meta.get("wall_time_s")
     else:
-        cb.stage("ann", "running")
+        cb.stage("ann", f"running ({ann_plan.reason})")
         ann = build_model(config, train.info)
-        _train_ann(config, ann, train, test, rd, resume, cb)
+        _start_training(rd.path / "train" / "ann", ann_plan)
+        _train_ann(config, ann, train, test, rd, ann_plan.resume, cb)
         wall["ann"] = time.perf_counter() - start
-        save_checkpoint(ann, stem, {"stage": "ann", "run": config.name, "wall_time_s": wall["ann"]})
+        metadata = {
+            "stage": "ann",
+            "run": config.name,
+            "wall_time_s": wall["ann"],
+            "settings": ann_plan.settings,
+        }
+        save_checkpoint(ann, stem, metadata)
     cb.stage("snn_converted", "running")
     start = time.perf_counter()
     snn = _convert(config, ann, train)
@@ -120,42 +128,48 @@ def run_direct(
     config: RunConfig,
     run_dir: str | Path,
     *,
-    force: bool = False,
-    resume: bool = False,
+    force: bool | str | None = None,
+    resume: bool = True,
     callbacks: Any = None,
 ) -> dict[str, Any]:
-    """Train, evaluate and report one directly trained SNN; return the summary (also written)."""
-    from robustsnn.pipeline import (
-        Callbacks,
-        _load_data,
-        _strongest_path,
-        accuracy_vs_time_steps,
-        eps_sweep,
-        evaluate_stage,
-        evaluation_suite,
-    )
+    """Train, evaluate and report one directly trained SNN; return the summary (also written).
+
+    Stages are reused, resumed or refused by the rule of :mod:`robustsnn.provenance`; the
+    caller (:func:`robustsnn.pipeline.run`) holds the run directory's lock.
+    """
+    from robustsnn.pipeline import Callbacks, _load_data, _start_training, _training_resume
+    from robustsnn.provenance import force_index, plan_stages, stage_settings
 
     cb = callbacks or Callbacks()
     rd = RunDir.create(Path(run_dir))
-    atomic_write_text(rd.config_path, config.to_yaml())
-    torch.manual_seed(config.seed)
-    suite_name = evaluation_suite(config).name  # a bad suite stops the run before training
-    train, test = _load_data(config)
     d = config.direct
+    names = (["ann"] if d.init == "converted" else []) + [STAGE]
+    stems = {"ann": rd.path / "ann", STAGE: rd.path / CHECKPOINT}
+    entries = [(n, stems[n], stage_settings(config, n)) for n in names]
+    plans = plan_stages(rd.path, entries, force_from=force_index(force, names), note=cb.note)
+    for plan in plans:
+        if plan.action == "run":
+            directory = rd.path / "train" / ("ann" if plan.stage == "ann" else "direct")
+            plan.resume = _training_resume(directory, plan, resume, cb)
+    torch.manual_seed(config.seed)
+    train, test = _load_data(config)
+    atomic_write_text(rd.config_path, config.to_yaml())
     wall: dict[str, Any] = {}
-    stem = rd.path / CHECKPOINT
-    if not force and Path(f"{stem}.safetensors").exists():
-        cb.stage(STAGE, "loaded")
+    stem = stems[STAGE]
+    plan = plans[-1]
+    if plan.action == "reuse":
+        cb.stage(STAGE, f"reused ({plan.reason})")
         model, meta = load_checkpoint(stem)
         wall.update(meta.get("training_wall_time_s", {}))
     else:
         if d.init == "converted":
-            model = _converted_model(config, train, test, rd, resume, cb, wall)
+            model = _converted_model(config, train, test, rd, plans[0], cb, wall)
         else:
             model = _fresh_model(config, train.info)
-        cb.stage(STAGE, "running")
+        cb.stage(STAGE, f"running ({plan.reason})")
         start = time.perf_counter()
-        result = _train(config, model, train, test, rd, resume, cb)
+        _start_training(rd.path / "train" / "direct", plan)
+        result = _train(config, model, train, test, rd, plan.resume, cb)
         wall[STAGE] = time.perf_counter() - start
         if result.resumed_from is not None:  # count the epochs of the interrupted call too
             wall[STAGE] = max(wall[STAGE], sum(r.get("seconds", 0.0) for r in result.history))
@@ -163,34 +177,20 @@ def run_direct(
             "stage": STAGE,
             "run": config.name,
             "dataset": config.data.dataset,
+            "settings": plan.settings,
             "recipe": {"direct": config.to_dict()["direct"], "seed": config.seed},
             "metrics": {"history": result.history},
             "wall_time_s": wall[STAGE],
             "training_wall_time_s": dict(wall),
         }
-        save_checkpoint(model, stem, metadata)
+        save_checkpoint(model, stem, metadata)  # tensors first, the JSON last: then it is done
         append_jsonl(rd.log_path, {"stage": STAGE, "event": "done", "wall_time_s": wall[STAGE]})
 
-    cb.stage(f"evaluate {STAGE}", "running")
-    start = time.perf_counter()
     model.eval()
-    result = evaluate_stage(
-        model,
-        test,
-        config,
-        is_snn=True,
-        diagnostics=True,
-        results_path=rd.eval_dir / STAGE / f"{suite_name}.json",
-        progress=cb.evaluation,
+    result, evaluation_time = _evaluate_direct(
+        model, test, config, rd, forced=force == "evaluate", cb=cb
     )
-    result["time_steps"] = d.time_steps
-    if config.evaluation.sweep_eps:
-        result["eps_sweep"] = eps_sweep(model, test, config, _strongest_path(result))
-    if config.evaluation.time_steps_curve:
-        result["accuracy_vs_time_steps"] = accuracy_vs_time_steps(model, test, config)
-    spikes = spikes_per_image(model, test.images[: config.energy.samples])
-    result["spikes_per_image"] = spikes
-    evaluation_time = time.perf_counter() - start
+    spikes = result["spikes_per_image"]
     summary: dict[str, Any] = {
         "name": config.name,
         "dataset": config.data.dataset,
@@ -217,6 +217,21 @@ def run_direct(
     atomic_write_json(rd.summary_path, summary)
     write_direct_report(rd.path)
     return summary
+
+
+def _evaluate_direct(model, test, config: RunConfig, rd: RunDir, *, forced: bool, cb):
+    """The suite, sweeps and spike count of the trained SNN, reused or resumed like a
+    pipeline stage's evaluation (``eval/snn_direct/stage.json``)."""
+    from robustsnn.pipeline import _evaluate_with_reuse
+
+    def extra(result: dict[str, Any]) -> None:
+        result["time_steps"] = config.direct.time_steps
+        result["spikes_per_image"] = spikes_per_image(model, test.images[: config.energy.samples])
+
+    return _evaluate_with_reuse(
+        STAGE, model, test, config, rd, final=True, forced=forced, cb=cb, stem=CHECKPOINT,
+        finish=extra,
+    )  # fmt: skip
 
 
 def describe_method(config: RunConfig) -> str:

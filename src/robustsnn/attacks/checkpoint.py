@@ -23,6 +23,7 @@ import yaml
 from robustsnn.attacks.evaluator import EvaluationResult, Progress, evaluate
 from robustsnn.attacks.reference import autoattack_available, autoattack_cross_check
 from robustsnn.attacks.suite import Suite, load_suite
+from robustsnn.errors import NotFoundError, UserError
 from robustsnn.io import (
     RunDir,
     atomic_write_json,
@@ -53,10 +54,10 @@ def _resolve(target: Path) -> tuple[Path, RunDir | None]:
         for name in _RUN_MODELS:
             if checkpoint_files(rd.checkpoint(name))[1].exists():
                 return rd.checkpoint(name), rd
-        raise FileNotFoundError(f"{target}: no SNN checkpoint (snn or snn_converted) in it")
+        raise NotFoundError(f"{target}: no SNN checkpoint (snn or snn_converted) in it")
     tensors, meta = checkpoint_files(target)
     if not tensors.exists() or not meta.exists():
-        raise FileNotFoundError(f"no checkpoint at {target} (need {tensors.name} and {meta.name})")
+        raise NotFoundError(f"no checkpoint at {target} (need {tensors.name} and {meta.name})")
     stem = tensors.with_suffix("")
     parent = RunDir(stem.parent)
     final = stem.name in _RUN_MODELS and _resolve(parent.path)[0] == stem
@@ -92,7 +93,7 @@ def _test_split(meta: dict[str, Any], config, dataset: str | None, root: str | N
         options = {"size": config.data.size, "time_steps": config.data.time_steps}
     dataset = dataset or meta.get("dataset")
     if dataset is None:
-        raise ValueError("the checkpoint does not record its dataset; pass dataset= (--dataset)")
+        raise UserError("the checkpoint does not record its dataset; pass dataset= (--dataset)")
     options = {k: v for k, v in options.items() if v is not None}
     return dataset, load_dataset(dataset, split="test", root=root, **options)
 
@@ -169,11 +170,9 @@ def evaluate_checkpoint(
         cross_check: ``"autoattack"`` also runs pyautoattack's standard AutoAttack.
     """
     if cross_check is not None and cross_check not in CROSS_CHECKS:
-        raise ValueError(
-            f"unknown cross-check '{cross_check}'; accepted: {', '.join(CROSS_CHECKS)}"
-        )
+        raise UserError(f"unknown cross-check '{cross_check}'; accepted: {', '.join(CROSS_CHECKS)}")
     if cross_check == "autoattack" and not autoattack_available():
-        raise ValueError(
+        raise UserError(
             "--cross-check autoattack needs the optional package pyautoattack: "
             "pip install --no-deps pyautoattack"
         )
@@ -196,7 +195,8 @@ def evaluate_checkpoint(
     summary["settings"] = _settings(resolved, stem, dataset_name, meta, str(results_path))
     if cross_check == "autoattack":
         summary["cross_check"] = _cross_check(model, test.images, test.labels, result)
-    report_path = _write_report(summary, resolved.name, rd, results_path)
+    # -o elsewhere: the run itself is left untouched (its summary and report too)
+    report_path = _write_report(summary, resolved.name, rd if out is None else None, results_path)
     return CheckpointEvaluation(result, summary, results_path, report_path, rd.path if rd else None)
 
 

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from robustsnn.errors import UserError
 from robustsnn.models.layers import Normalize, match_time
 from robustsnn.models.registry import create_model, register_model
 from robustsnn.snn.network import SpikingNetwork
@@ -67,20 +68,20 @@ def _build_layer(op: str, args: dict[str, Any], neuron: dict[str, Any]) -> nn.Mo
         return Normalize(**args)
     if op in ("add", "flatten", "identity"):
         return None
-    raise ValueError(f"unknown op '{op}' in the network spec")
+    raise UserError(f"unknown op '{op}' in the network spec")
 
 
 def _check_spec(spec: dict[str, Any]) -> None:
     if not isinstance(spec, dict) or not isinstance(spec.get("nodes"), list):
-        raise ValueError("spec must be a dict with a 'nodes' list and an 'output' name")
+        raise UserError("spec must be a dict with a 'nodes' list and an 'output' name")
     known = {"input"}
     for node in spec["nodes"]:
         missing = [i for i in node.get("inputs", []) if i not in known]
         if missing:
-            raise ValueError(f"spec node '{node.get('name')}' uses {missing} before they exist")
+            raise UserError(f"spec node '{node.get('name')}' uses {missing} before they exist")
         known.add(node["name"])
     if spec.get("output") not in known:
-        raise ValueError(f"spec output '{spec.get('output')}' is not a node")
+        raise UserError(f"spec output '{spec.get('output')}' is not a node")
 
 
 class GraphNetwork(SpikingNetwork):
@@ -363,7 +364,7 @@ def _trace(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list[_Node],
     try:
         graph = fx.symbolic_trace(model)
     except Exception as err:  # fx raises many types for untraceable code
-        raise ValueError(f"torch.fx cannot trace {type(model).__name__}: {err}") from None
+        raise UserError(f"torch.fx cannot trace {type(model).__name__}: {err}") from None
     from torch.fx.passes.shape_prop import ShapeProp
 
     with torch.no_grad():
@@ -373,7 +374,7 @@ def _trace(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list[_Node],
     sizes: set[str] = set()
     placeholders = [n for n in graph.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
-        raise ValueError(f"the model must take one input tensor, it takes {len(placeholders)}")
+        raise UserError(f"the model must take one input tensor, it takes {len(placeholders)}")
     alias = {placeholders[0].name: "input"}
     output_name, width = "", 0
     for node in graph.graph.nodes:
@@ -504,9 +505,9 @@ def from_torch(
     finally:
         model.train(was_training)
     if num_classes is not None and num_classes != width:
-        raise ValueError(f"the model has {width} outputs, not num_classes = {num_classes}")
+        raise UserError(f"the model has {width} outputs, not num_classes = {num_classes}")
     if (mean is None) != (std is None):
-        raise ValueError("give both mean and std for the normalisation, or neither")
+        raise UserError("give both mean and std for the normalisation, or neither")
     if mean is not None:
         args = {"mean": list(mean), "std": list(std)}
         front = _Node("normalize_input", "normalize", ["input"], args)
@@ -575,16 +576,16 @@ def convert_checkpoint(
 
     wanted = [time_steps] if isinstance(time_steps, int) else list(time_steps)
     if any(isinstance(t, bool) or int(t) != t for t in wanted):
-        raise ValueError(f"time steps must be integers >= 1, got {time_steps!r}")
+        raise UserError(f"time steps must be integers >= 1, got {time_steps!r}")
     steps = sorted({int(t) for t in wanted})
     if not steps or steps[0] < 1:
-        raise ValueError(f"time steps must be integers >= 1, got {time_steps!r}")
+        raise UserError(f"time steps must be integers >= 1, got {time_steps!r}")
     options = dict(options or {})
     check_options(recipe, options)
     model, meta = load_checkpoint(path)
     dataset = dataset or meta.get("dataset")
     if not dataset:
-        raise ValueError(
+        raise UserError(
             f"{path}: the checkpoint records no dataset; name it (dataset=..., --dataset NAME)"
         )
     calibration = load_dataset(dataset, "train", root).take(calibration_size)

@@ -43,6 +43,7 @@ from robustsnn.convert.from_torch import GraphNetwork, delay_weighted, readout_s
 from robustsnn.convert.recipes import batch_statistics_bn, layer_input, qcfs, register_recipe
 from robustsnn.data.dataset import ImageDataset
 from robustsnn.data.dataset import batches as iterate_batches
+from robustsnn.errors import UserError
 from robustsnn.snn.network import SpikingNetwork, named_neurons, set_time_steps, using_time_steps
 from robustsnn.snn.neuron import Neuron
 
@@ -55,7 +56,7 @@ SILENT_POTENTIAL = -1.0e6
 def _neurons(model: nn.Module) -> list[tuple[str, Neuron]]:
     neurons = named_neurons(model)
     if not neurons:
-        raise ValueError("the model has no Neuron modules to convert")
+        raise UserError("the model has no Neuron modules to convert")
     return neurons
 
 
@@ -75,7 +76,7 @@ def opi(
     """OPI: θ = λ of a clip (or QCFS) ANN, v0 = θ/2, reset by subtraction; no data needed."""
     for name, n in _neurons(model):
         if n.activation not in ("clip", "qcfs") or n.clip_value is None:
-            raise ValueError(
+            raise UserError(
                 f"opi needs an ANN trained with clipped activations ('clip' or 'qcfs'); "
                 f"neuron '{name}' is '{n.activation}'"
             )
@@ -90,9 +91,9 @@ def _calibration_batches(
     calibration_set: ImageDataset | None, count: int, batch_size: int, seed: int, recipe: str
 ) -> list[torch.Tensor]:
     if calibration_set is None or len(calibration_set) == 0:
-        raise ValueError(f"recipe '{recipe}' needs calibration data (a few training images)")
+        raise UserError(f"recipe '{recipe}' needs calibration data (a few training images)")
     if count < 1:
-        raise ValueError(f"the number of calibration batches must be >= 1, got {count}")
+        raise UserError(f"the number of calibration batches must be >= 1, got {count}")
     data = []
     epoch = 0
     while len(data) < count:
@@ -145,12 +146,12 @@ def _data_normalisation(
     recipe: str,
 ) -> nn.Module:
     if not 0 < percentile <= 100:
-        raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+        raise UserError(f"percentile must be in (0, 100], got {percentile}")
     data = _calibration_batches(calibration_set, batches, batch_size, seed, recipe)
     activations = _ann_activations(model, data)
     for name, n in _neurons(model):
         if name not in activations:
-            raise ValueError(f"neuron '{name}' was not reached by the forward pass")
+            raise UserError(f"neuron '{name}' was not reached by the forward pass")
         value = _upper_percentile(activations[name], percentile)
         n.set_threshold(max(value, threshold_min))
         _spiking_setup(n, "zero")
@@ -310,12 +311,12 @@ def tfc(
     neurons = _neurons(model)
     for name, n in neurons:
         if not n.channels:
-            raise ValueError(f"tfc needs per-channel thresholds; neuron '{name}' has no channels")
+            raise UserError(f"tfc needs per-channel thresholds; neuron '{name}' has no channels")
     data = _calibration_batches(calibration_set, batches + 1, batch_size, seed, "tfc")
     thresholds = local_threshold_balancing(model, data[:-1])
     for name, n in neurons:
         if thresholds[name].numel() != n.channels:
-            raise ValueError(
+            raise UserError(
                 f"neuron '{name}' has {n.channels} channels but sees inputs with "
                 f"{thresholds[name].numel()}"
             )
@@ -367,7 +368,7 @@ def set_readout_delay(model: nn.Module, delay: int) -> None:
     checkpoints keep through :func:`conversion_metadata`.
     """
     if isinstance(delay, bool) or int(delay) != delay or delay < 0:
-        raise ValueError(f"the readout delay must be an integer >= 0, got {delay!r}")
+        raise UserError(f"the readout delay must be an integer >= 0, got {delay!r}")
     model.readout_delay = int(delay)
     if isinstance(model, GraphNetwork):
         arch = getattr(model, "_architecture", None)
@@ -379,7 +380,7 @@ def set_readout_delay(model: nn.Module, delay: int) -> None:
         return
     readout = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not readout:
-        raise ValueError("a readout delay needs a final nn.Linear layer")
+        raise UserError("a readout delay needs a final nn.Linear layer")
     hooks = DelayedReadout(delay)
     model.register_forward_pre_hook(hooks.record)
     readout[-1].register_forward_hook(hooks.apply)
@@ -427,7 +428,7 @@ def offset_spike_potential(
     missing one (``1.001 − max v_silent``).
     """
     if shift not in COS_SHIFTS:
-        raise ValueError(f"shift must be one of {', '.join(COS_SHIFTS)}; got {shift!r}")
+        raise UserError(f"shift must be one of {', '.join(COS_SHIFTS)}; got {shift!r}")
     u = current / threshold
     v = torch.full_like(u[0], 0.5)
     fired_any = torch.zeros_like(v, dtype=torch.bool)
@@ -483,11 +484,11 @@ class Presimulation:
 
     def __init__(self, method: str = "cos", presim_steps: int = 4, shift: str = "margin") -> None:
         if method not in PRESIMULATIONS:
-            raise ValueError(f"method must be one of {', '.join(PRESIMULATIONS)}; got {method!r}")
+            raise UserError(f"method must be one of {', '.join(PRESIMULATIONS)}; got {method!r}")
         if isinstance(presim_steps, bool) or int(presim_steps) != presim_steps or presim_steps < 1:
-            raise ValueError(f"presim_steps must be an integer >= 1, got {presim_steps!r}")
+            raise UserError(f"presim_steps must be an integer >= 1, got {presim_steps!r}")
         if shift not in COS_SHIFTS:
-            raise ValueError(f"shift must be one of {', '.join(COS_SHIFTS)}; got {shift!r}")
+            raise UserError(f"shift must be one of {', '.join(COS_SHIFTS)}; got {shift!r}")
         self.method = method
         self.presim_steps = int(presim_steps)
         self.shift = shift
@@ -590,7 +591,7 @@ def presimulate(
 ) -> nn.Module:
     """Install COS or SRP calibration on ``model`` (replacing any installed before)."""
     if not isinstance(model, SpikingNetwork):
-        raise ValueError(f"{method} needs a SpikingNetwork (a zoo model or from_torch's result)")
+        raise UserError(f"{method} needs a SpikingNetwork (a zoo model or from_torch's result)")
     calibration = Presimulation(method, presim_steps, shift)
     remove_presimulation(model)
     model.register_forward_pre_hook(calibration.before)
@@ -604,13 +605,13 @@ def _qcfs_or_keep(model: nn.Module, base: str | None, time_steps: int) -> nn.Mod
     if base is None:
         for name, n in _neurons(model):
             if n.initial_potential_mode != "half" or n.reset != "subtract":
-                raise ValueError(
+                raise UserError(
                     f"neuron '{name}' is not converted for pre-simulation (needs v0 = θ/2 and "
                     "reset by subtraction): convert with qcfs, opi or tfc first, or base='qcfs'"
                 )
         set_time_steps(model, time_steps)
         return model
-    raise ValueError(f"base must be 'qcfs' or None (keep the current conversion), got {base!r}")
+    raise UserError(f"base must be 'qcfs' or None (keep the current conversion), got {base!r}")
 
 
 def cos(
@@ -669,7 +670,7 @@ def apply_conversion_metadata(model: nn.Module, metadata: dict[str, Any]) -> nn.
     settings = metadata.get("presimulation")
     if settings is not None:
         if not isinstance(settings, dict):
-            raise ValueError("'presimulation' metadata must be a dict of method/presim_steps")
+            raise UserError("'presimulation' metadata must be a dict of method/presim_steps")
         presimulate(model, **settings)
     delay = metadata.get("readout_delay")
     if delay:
@@ -708,9 +709,9 @@ def accuracy_vs_time(
     """
     steps = sorted({int(t) for t in time_steps})
     if not steps or steps[0] < 1:
-        raise ValueError(f"time steps must be integers >= 1, got {list(time_steps)}")
+        raise UserError(f"time steps must be integers >= 1, got {list(time_steps)}")
     if not isinstance(model, SpikingNetwork):
-        raise ValueError("accuracy_vs_time needs a SpikingNetwork")
+        raise UserError("accuracy_vs_time needs a SpikingNetwork")
     horizon = steps[-1]
     delay = readout_delay(model)
     correct = dict.fromkeys(steps, 0)

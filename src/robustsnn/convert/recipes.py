@@ -29,6 +29,7 @@ from torch import nn
 
 from robustsnn.data.dataset import Augmentation, ImageDataset
 from robustsnn.data.dataset import batches as batch_iterator
+from robustsnn.errors import UserError
 from robustsnn.models.layers import ConvexCombination
 from robustsnn.snn.network import named_neurons, set_time_steps, using_time_steps
 from robustsnn.snn.neuron import Neuron
@@ -84,7 +85,7 @@ def recalibrate_bn(
     batches (cumulative moving average), not an exponential one. Modes and momenta are restored.
     """
     if num_batches < 1:
-        raise ValueError(f"num_batches must be >= 1, got {num_batches}")
+        raise UserError(f"num_batches must be >= 1, got {num_batches}")
     norms = [m for m in model.modules() if isinstance(m, _BN) and m.track_running_stats]
     if not norms:
         return
@@ -124,7 +125,7 @@ def _time_major(x: torch.Tensor) -> torch.Tensor:
 def _neurons(model: nn.Module) -> list[tuple[str, Neuron]]:
     neurons = named_neurons(model)
     if not neurons:
-        raise ValueError("the model has no Neuron modules to convert")
+        raise UserError("the model has no Neuron modules to convert")
     return neurons
 
 
@@ -153,7 +154,7 @@ def _capture(model: nn.Module, neuron: Neuron, x: torch.Tensor) -> tuple[torch.T
     finally:
         handle.remove()
     if not captured:
-        raise ValueError("the neuron was not reached by the forward pass")
+        raise UserError("the neuron was not reached by the forward pass")
     return captured[0]
 
 
@@ -186,7 +187,7 @@ def forward_order(model: nn.Module, x: torch.Tensor) -> list[tuple[str, Neuron]]
             h.remove()
     missing = [name for name, n in neurons if id(n) not in seen]
     if missing:
-        raise ValueError(f"neurons never called by the forward pass: {', '.join(missing)}")
+        raise UserError(f"neurons never called by the forward pass: {', '.join(missing)}")
     return order
 
 
@@ -324,24 +325,24 @@ def threshold_balancing(
     default. The reference used 11 batches; CPAL25 and the default here use 10.
     """
     if calibration_set is None or len(calibration_set) == 0:
-        raise ValueError("threshold balancing needs calibration images (the training set)")
+        raise UserError("threshold balancing needs calibration images (the training set)")
     if time_steps < 1 or time_steps_calibration < 1:
-        raise ValueError(
+        raise UserError(
             f"threshold balancing needs time_steps >= 1 and time_steps_calibration >= 1; got "
             f"{time_steps} and {time_steps_calibration}"
         )
     if not 0 < percentile <= 100:
-        raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+        raise UserError(f"percentile must be in (0, 100], got {percentile}")
     if batches < 1 or batch_size < 1:
-        raise ValueError(f"batches and batch_size must be >= 1, got {batches} and {batch_size}")
+        raise UserError(f"batches and batch_size must be >= 1, got {batches} and {batch_size}")
     if not scale > 0:
-        raise ValueError(f"scale must be > 0, got {scale}")
+        raise UserError(f"scale must be > 0, got {scale}")
     if not threshold_min > 0:
-        raise ValueError(f"threshold_min must be > 0, got {threshold_min}")
+        raise UserError(f"threshold_min must be > 0, got {threshold_min}")
     if chunk_size is not None and chunk_size < 2:
-        raise ValueError(f"chunk_size must be None or >= 2 (for BN statistics), got {chunk_size}")
+        raise UserError(f"chunk_size must be None or >= 2 (for BN statistics), got {chunk_size}")
     if bn_recalibration_batches < 0:
-        raise ValueError(f"bn_recalibration_batches must be >= 0, got {bn_recalibration_batches}")
+        raise UserError(f"bn_recalibration_batches must be >= 0, got {bn_recalibration_batches}")
     neurons = _neurons(model)
     for _, n in neurons:
         n.configure(
@@ -426,17 +427,17 @@ def qcfs(
     neurons = _neurons(model)
     for name, n in neurons:
         if n.activation not in ("qcfs", "clip") or n.clip_value is None:
-            raise ValueError(
+            raise UserError(
                 f"qcfs conversion needs neurons with activation 'qcfs' (or 'clip'); "
                 f"'{name}' is '{n.activation}'"
             )
     if time_steps is None:
         levels = {n.levels for _, n in neurons}
         if len(levels) != 1:
-            raise ValueError(f"time_steps=None (T = L) needs one L for all neurons, got {levels}")
+            raise UserError(f"time_steps=None (T = L) needs one L for all neurons, got {levels}")
         time_steps = levels.pop()
     if time_steps < 1:
-        raise ValueError(f"time_steps must be >= 1, got {time_steps}")
+        raise UserError(f"time_steps must be >= 1, got {time_steps}")
     for _, n in neurons:
         n.set_threshold(torch.full_like(n.threshold, float(n.clip_value.detach())))
         n.set_initial_potential(None)
@@ -485,19 +486,19 @@ def check_options(recipe: str, options: dict[str, Any]) -> None:
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         listed = ", ".join(sorted(k for k in accepted if k != "time_steps"))
-        raise ValueError(
+        raise UserError(
             f"recipe '{recipe}' has no option {', '.join(unknown)}; "
             + (f"options: {listed}" if listed else "it takes no options")
         )
     if "time_steps" in options:
-        raise ValueError("time_steps is not a recipe option here: give the time steps as T")
+        raise UserError("time_steps is not a recipe option here: give the time steps as T")
     try:
         hints = typing.get_type_hints(fn)
     except (NameError, TypeError):
         hints = {}
     for key, value in options.items():
         if key in hints and not _matches_hint(value, hints[key]):
-            raise ValueError(
+            raise UserError(
                 f"recipe '{recipe}': option {key} expects {_hint_text(hints[key])}, got {value!r}"
             )
 
@@ -534,9 +535,7 @@ def _hint_text(hint: Any) -> str:
 
 def _recipe(recipe: str) -> Callable[..., nn.Module]:
     if recipe not in _RECIPES:
-        raise ValueError(
-            f"unknown conversion recipe '{recipe}'; known: {', '.join(list_recipes())}"
-        )
+        raise UserError(f"unknown conversion recipe '{recipe}'; known: {', '.join(list_recipes())}")
     return _RECIPES[recipe]
 
 
@@ -557,7 +556,7 @@ def convert(
         accepted = {k for k, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
         unknown = sorted(set(options) - accepted)
         if unknown:
-            raise ValueError(
+            raise UserError(
                 f"recipe '{recipe}' has no option {', '.join(unknown)}; "
                 f"options: {', '.join(sorted(accepted))}"
             )

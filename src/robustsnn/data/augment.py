@@ -14,11 +14,12 @@ import torch
 import torch.nn.functional as F
 
 from robustsnn.data.dataset import Augmentation, DatasetInfo
+from robustsnn.errors import DataError
 
 
 def _check_batch(x: torch.Tensor, what: str) -> None:
     if x.dim() < 4:
-        raise ValueError(f"{what} needs a batch [N, C, H, W] or [N, T, C, H, W], got {x.shape}")
+        raise DataError(f"{what} needs a batch [N, C, H, W] or [N, T, C, H, W], got {x.shape}")
 
 
 def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
@@ -28,7 +29,7 @@ def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> to
     """
     _check_batch(x, "random_crop")
     if padding < 0:
-        raise ValueError(f"crop padding must be >= 0, got {padding}")
+        raise DataError(f"crop padding must be >= 0, got {padding}")
     if padding == 0:
         return x
     n, h, w = x.shape[0], x.shape[-2], x.shape[-1]
@@ -47,7 +48,7 @@ def random_hflip(x: torch.Tensor, generator: torch.Generator, p: float = 0.5) ->
     """Mirror each sample left-right with probability ``p``."""
     _check_batch(x, "random_hflip")
     if not 0.0 <= p <= 1.0:
-        raise ValueError(f"flip probability must be in [0, 1], got {p}")
+        raise DataError(f"flip probability must be in [0, 1], got {p}")
     flip = (torch.rand(x.shape[0], generator=generator) < p).to(x.device)
     return torch.where(flip.view(-1, *([1] * (x.dim() - 1))), x.flip(-1), x)
 
@@ -65,7 +66,7 @@ def cutout(
     """
     _check_batch(x, "cutout")
     if size < 1:
-        raise ValueError(f"cutout size must be >= 1, got {size}")
+        raise DataError(f"cutout size must be >= 1, got {size}")
     n, c, h, w = x.shape[0], x.shape[-3], x.shape[-2], x.shape[-1]
     cy = torch.randint(0, h, (n,), generator=generator).to(x.device)
     cx = torch.randint(0, w, (n,), generator=generator).to(x.device)
@@ -77,7 +78,7 @@ def cutout(
     mask = (in_y[:, :, None] & in_x[:, None, :]).view(n, *([1] * (x.dim() - 3)), h, w)
     values = [0.0] if fill is None else [float(v) for v in fill]
     if len(values) not in (1, c):
-        raise ValueError(f"cutout fill needs 1 or {c} values (one per channel), got {len(values)}")
+        raise DataError(f"cutout fill needs 1 or {c} values (one per channel), got {len(values)}")
     value = torch.tensor(values, device=x.device, dtype=x.dtype).view(-1, 1, 1)
     return torch.where(mask, value, x)
 
@@ -106,7 +107,7 @@ def _parse_step(item: str, info: DatasetInfo) -> Augmentation:
             return lambda x, g: cutout(x, size, g, fill=info.mean)
     except ValueError:
         pass
-    raise ValueError(f"bad augmentation '{item}'; accepted: {', '.join(ACCEPTED)}")
+    raise DataError(f"bad augmentation '{item}'; accepted: {', '.join(ACCEPTED)}")
 
 
 def build_augmentation(spec: Sequence[str] | str | None, info: DatasetInfo) -> Augmentation | None:
@@ -149,5 +150,5 @@ def default_augmentation(name: str) -> list[str]:
     """The usual training augmentation for dataset ``name`` (SVHN keeps the flip, as in the
     robust-conversion paper's recipe)."""
     if name not in _DEFAULTS:
-        raise ValueError(f"unknown dataset '{name}'; known: {', '.join(_DEFAULTS)}")
+        raise DataError(f"unknown dataset '{name}'; known: {', '.join(_DEFAULTS)}")
     return list(_DEFAULTS[name])

