@@ -356,7 +356,11 @@ CASES = [
         ["evaluate", "{run}", "--dataset", "digits"],
         ["--dataset digits", "1x8x8", "1x28x28"],
     ),
-    Case("evaluate-unknown-suite", ["evaluate", "{run}", "--suite", "strong"], ["--suite strong"]),
+    Case(
+        "evaluate-unknown-suite",
+        ["evaluate", "{run}", "--suite", "strongest"],
+        ["--suite strongest"],
+    ),
     Case("evaluate-missing", ["evaluate", "{tmp}/nothing"], ["nothing"]),
     Case(
         "evaluate-nan-weights", ["evaluate", "{run}/ann"], ["ann.safetensors", "NaN"], nan_weights
