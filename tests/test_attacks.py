@@ -253,10 +253,11 @@ def test_builtin_suites_have_the_documented_members():
     assert "pgd/arctan:8.0/dr" in {m.name for m in quick.members()}
     strong = get_suite("strong")
     assert [m.name for m in strong.members()] == [
-        "sapgd/assg:atan:0.425/dr", "apgd-dlr/arctan:8.0/dr", "pgd/ann",
+        "sapgd/assg:atan:0.425/dr", "apgd-dlr/arctan:8.0/dr", "apgd-dlr/assg:atan:0.425/dr",
+        "pgd/ann",
     ]  # fmt: skip
     assert [m.name for m in strong.members(spiking=False)] == ["sapgd", "apgd-dlr", "pgd"]
-    assert [m.steps for m in strong.members()] == [100, 100, 10]
+    assert [m.steps for m in strong.members()] == [100, 100, 100, 10]
     assert set(list_suites()) >= {"strong", "quick", "paper", "full"}
 
 

@@ -195,7 +195,10 @@ def test_the_default_suite_is_strong_in_a_fresh_process(tmp_path):
     stored = json.loads((tmp_path / "eval" / "net.strong.json").read_text())
     per_eps = stored["summary"]["per_eps"]["0.1"]
     names = [m["name"] for m in per_eps["members"]]
-    assert sorted(names) == ["apgd-dlr/arctan:8.0/dr", "pgd/ann", "sapgd/assg:atan:0.425/dr"]
+    assert sorted(names) == [
+        "apgd-dlr/arctan:8.0/dr", "apgd-dlr/assg:atan:0.425/dr", "pgd/ann",
+        "sapgd/assg:atan:0.425/dr",
+    ]  # fmt: skip
     assert per_eps["tuning"] == {}
 
     tuned = tmp_path / "tuned.yaml"
@@ -213,7 +216,6 @@ def test_the_default_suite_is_strong_in_a_fresh_process(tmp_path):
     names = {m["name"] for m in per_eps["members"]}
     assert {"sapgd/assg:atan:0.425/dr", "apgd-dlr/arctan:8.0/dr"} <= names
     for path, t in tuning.items():
-        attack = "sapgd" if path.startswith("assg") else "apgd-dlr"
-        assert f"{attack}/{t['chosen']}" in names
+        assert any(name.endswith("/" + t["chosen"]) for name in names), (path, t["chosen"])
         assert len(t["trials"]) >= 3  # the suite's value and two points of one search round
     assert "Sharpness tuned at ε = 0.1" in (tmp_path / "eval" / "net.tuned.md").read_text()

@@ -7,8 +7,8 @@ then Square if ``square`` is in ``attacks``. Built-ins:
 
 * ``strong`` (the default of ``robustsnn evaluate``): the few members that were never beaten,
   per sample, by anything else the toolkit has (``benchmarks/frontier_eval.py``): SA-PGD
-  through ASSG and APGD-DLR through a sharp fixed ATan, both with the reset detached, and
-  PGD-10 through the ANN proxy as a cheap safety net for masked surrogates;
+  through ASSG, APGD-DLR through a sharp fixed ATan and through ASSG, all with the reset
+  detached, and PGD-10 through the ANN proxy as a cheap safety net for masked surrogates;
 * ``quick``: FGSM and PGD-10 over six paths (one sharp with the reset detached) and SA-PGD-50
   through ASSG, 200 samples, light diagnostics;
 * ``paper``: the primary paper's ensemble (FGSM, PGD-10, APGD-CE, APGD-DLR, APGD-T over the
@@ -295,6 +295,7 @@ BUILTIN_SUITES: dict[str, dict[str, Any]] = {
         "pairs": [
             "sapgd/assg:atan:0.425/dr",
             "apgd-dlr/arctan:8.0/dr",
+            "apgd-dlr/assg:atan:0.425/dr",
             "pgd/ann",
         ],
     },
