@@ -105,7 +105,7 @@ def main() -> None:
             suite = get_suite("strong", eps=[args.eps], samples=args.samples, diagnostics=False)
             stem = args.work_dir / f"strong_{surrogate.replace(':', '_').replace('/', '_')}.json"
             r = next(iter(evaluate(model, test.images, test.labels, suite,
-                                   results_path=stem).per_eps.values()))  # fmt: skip
+                                   results_path=stem, resume=False).per_eps.values()))  # fmt: skip
             strong_fooled = {i for i in rows.tolist() if not r.robust[i]}
             table[surrogate]["strong"] = len(strong_fooled) / max(rows.numel(), 1)
             victims[surrogate]["strong_tuning"] = {k: v["chosen"] for k, v in r.tuning.items()}
