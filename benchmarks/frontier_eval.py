@@ -65,6 +65,11 @@ EXTRA_SAPGD = [
 EXTRA_APGD = ["assg:atan:0.425/dr", "arctan:8.0/dr", "triangle:1.0"]
 
 
+def cache_key(member: Member) -> str:
+    """A member's name and iterations: the same name with other steps is another member."""
+    return f"{member.name}@{member.steps}x{member.restarts}"
+
+
 class Cache:
     """Per member, the samples it ran on, those it fooled and its seconds, kept in a file."""
 
@@ -94,7 +99,7 @@ class Bench:
 
     def fooled(self, member: Member, rows: torch.Tensor) -> set[int]:
         """Which of ``rows`` the member fools (running it where not cached)."""
-        record = self.cache.record(member.name)
+        record = self.cache.record(cache_key(member))
         done = set(record["ran"])
         todo = torch.tensor([int(r) for r in rows.tolist() if int(r) not in done], dtype=torch.long)
         if todo.numel():
@@ -117,7 +122,7 @@ class Bench:
             if not robust:
                 break
             ran = torch.tensor(sorted(robust))
-            record = self.cache.record(m.name)
+            record = self.cache.record(cache_key(m))
             fooled = self.fooled(m, ran)
             per_sample = record["seconds"] / max(len(record["ran"]), 1)
             seconds += per_sample * ran.numel()
@@ -152,7 +157,7 @@ class Bench:
 
 def pools(spiking: bool, args) -> dict[str, list[Member]]:
     """The member lists of every suite except ``strong`` (run by the evaluator)."""
-    old = get_suite("quick", paths=OLD_QUICK_PATHS).members(spiking)
+    old = get_suite("quick", paths=OLD_QUICK_PATHS, pairs=[]).members(spiking)
     quick = get_suite("quick").members(spiking)
     paper = get_suite("paper", apgd_steps=args.paper_apgd_steps, targets=args.paper_targets)
     alone = [Member("sapgd", "assg:atan:0.425/dr" if spiking else None, steps=100)]
