@@ -49,15 +49,6 @@ def apgd_start(
     return (x + eps * t).clamp(0, 1)
 
 
-def _verdict(
-    victim: Victim, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, logits: torch.Tensor
-) -> torch.Tensor:
-    """True-forward verdict per iterate; the gradient forward's for stochastic models (whose
-    final candidates are judged over several draws afterwards)."""
-    hit = victim.step_verdict(x, y, ids, logits)
-    return logits.argmax(1) != y if hit is None else hit
-
-
 def _schedule(steps: int) -> tuple[int, int, int]:
     """First checkpoint length, its minimum and its decrement (the reference's rounding)."""
     return max(int(0.22 * steps), 1), max(int(0.06 * steps), 1), max(int(0.03 * steps), 1)
@@ -84,7 +75,7 @@ def _apgd_run(
     x_adv = start.clone()
     victim.new_run()
     grad, loss, logits = victim.gradient(x_adv, y, ids, loss_for(rows), f"{stream}:i0")
-    fooled = _verdict(victim, x_adv, y, ids, logits)
+    fooled = victim.verdict(x_adv, y, ids, logits)
     x_best, x_best_adv, grad_best = x_adv.clone(), x_adv.clone(), grad.clone()
     loss_best = loss.clone()
     history = [loss.clone()]
@@ -109,7 +100,7 @@ def _apgd_run(
             new, y[a], ids[a.cpu()], loss_for(a), f"{stream}:i{i + 1}"
         )
         grad[a] = g
-        hit = _verdict(victim, new, y[a], ids[a.cpu()], logits_a)
+        hit = victim.verdict(new, y[a], ids[a.cpu()], logits_a)
         x_best_adv[a[hit]] = new[hit]
         fooled[a[hit]] = True
         better = loss_a > loss_best[a]
@@ -135,12 +126,50 @@ def _apgd_run(
     return out, fooled
 
 
-def _check_classes(victim: Victim, x: torch.Tensor, ids: torch.Tensor, loss: str) -> int:
+def check_classes(
+    victim: Victim, x: torch.Tensor, ids: torch.Tensor, loss: str, attack: str = "APGD"
+) -> int:
+    """The number of classes, after refusing a loss that needs more (DLR: 3, targeted: 4)."""
     classes = true_logits(victim.model, x[:1], ids[:1]).shape[1]
     need = MIN_CLASSES.get(loss, 2)
     if classes < need:
-        raise ValueError(f"APGD with the {loss} loss needs at least {need} classes, got {classes}")
+        raise ValueError(
+            f"{attack} with the {loss} loss needs at least {need} classes, got {classes}"
+        )
     return classes
+
+
+Run = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, str], tuple]
+
+
+def run_restarts(
+    victim: Victim,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    ids: torch.Tensor,
+    best: torch.Tensor,
+    todo: torch.Tensor,
+    *,
+    eps: float,
+    norm: str,
+    restarts: int,
+    run: Run,
+    prefix: str = "",
+) -> None:
+    """``restarts`` runs from APGD's random start on the samples still in ``todo``; update
+    ``best``/``todo``. ``run(x, y, ids, start, rows, stream)`` is one run of the attack and
+    returns its examples and whether each fooled the gradient forward."""
+    for r in range(restarts):
+        rows = todo.nonzero().flatten()
+        if rows.numel() == 0:
+            return
+        rid = ids[rows.cpu()]
+        start = apgd_start(x[rows], eps, norm, victim.random, rid, f"{prefix}start{r}")
+        out, fooled = run(x[rows], y[rows], rid, start, rows, f"{prefix}r{r}")
+        if not victim.judges_every_step:
+            fooled = victim.fooled(out, y[rows], rid)
+        best[rows] = out
+        todo[rows[fooled]] = False
 
 
 def _apgd_restarts(
@@ -159,30 +188,14 @@ def _apgd_restarts(
     loss_for: Callable[[torch.Tensor], Callable[[torch.Tensor], LossFn]],
     stream: str,
 ) -> None:
-    """Run ``restarts`` APGD runs on the samples still in ``todo``; update ``best``/``todo``."""
-    for r in range(restarts):
-        rows = todo.nonzero().flatten()
-        if rows.numel() == 0:
-            return
-        rid = ids[rows.cpu()]
-        start = apgd_start(x[rows], eps, norm, victim.random, rid, f"{stream}:start{r}")
-        out, fooled = _apgd_run(
-            victim,
-            x[rows],
-            y[rows],
-            rid,
-            start,
-            eps=eps,
-            norm=norm,
-            steps=steps,
-            rho=rho,
-            loss_for=loss_for(rows),
-            stream=f"{stream}:r{r}",
-        )
-        if not victim.judges_every_step:
-            fooled = victim.fooled(out, y[rows], rid)
-        best[rows] = out
-        todo[rows[fooled]] = False
+    """APGD's runs through :func:`run_restarts` (streams ``{stream}:start{r}``/``:r{r}``)."""
+
+    def run(xr, yr, rid, start, rows, run_stream):
+        return _apgd_run(victim, xr, yr, rid, start, eps=eps, norm=norm, steps=steps, rho=rho,
+                         loss_for=loss_for(rows), stream=run_stream)  # fmt: skip
+
+    run_restarts(victim, x, y, ids, best, todo, eps=eps, norm=norm, restarts=restarts, run=run,
+                 prefix=f"{stream}:")  # fmt: skip
 
 
 def apgd(
@@ -219,7 +232,7 @@ def apgd(
         return best
     with eval_mode(model):
         if isinstance(loss, str):
-            _check_classes(victim, x, ids, loss)
+            check_classes(victim, x, ids, loss)
         _apgd_restarts(
             victim,
             x,
@@ -270,7 +283,7 @@ def apgd_t(
     if x.shape[0] == 0:
         return best
     with eval_mode(model):
-        classes = _check_classes(victim, x, ids, "dlr-targeted")
+        classes = check_classes(victim, x, ids, "dlr-targeted")
         ranking = true_logits(model, x, ids).argsort(1, descending=True)
         for rank in range(1, min(targets, classes - 1) + 1):
             target = ranking[:, rank]

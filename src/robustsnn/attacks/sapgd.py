@@ -41,7 +41,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robustsnn.attacks.apgd import apgd_start
+from robustsnn.attacks.apgd import check_classes, run_restarts
 from robustsnn.attacks.core import (
     LossFn,
     check_eps,
@@ -53,13 +53,12 @@ from robustsnn.attacks.core import (
     sign_step,
 )
 from robustsnn.attacks.seeding import sample_ids
-from robustsnn.attacks.victim import Victim, true_logits
+from robustsnn.attacks.victim import Victim
 from robustsnn.snn.paths import GradientPath
 
 FIRST_MOMENT = 0.5
 SECOND_MOMENT = 0.8
 TINY = 1e-12
-MIN_CLASSES = {"dlr": 3}
 
 
 def halving_iterations(steps: int) -> list[int]:
@@ -105,14 +104,6 @@ def _step(m: torch.Tensor, v: torch.Tensor, eta: float, norm: str) -> torch.Tens
     return eta * sign_step(m, "l2")
 
 
-def _verdict(
-    victim: Victim, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, logits: torch.Tensor
-) -> torch.Tensor:
-    """True-forward verdict per iterate; the gradient forward's for stochastic models."""
-    hit = victim.step_verdict(x, y, ids, logits)
-    return logits.argmax(1) != y if hit is None else hit
-
-
 def _sapgd_run(
     victim: Victim,
     x: torch.Tensor,
@@ -131,7 +122,7 @@ def _sapgd_run(
     victim.new_run()
     x_adv = start.clone()
     grad, loss_best, logits = victim.gradient(x_adv, y, ids, loss_fn, f"{stream}:i0")
-    fooled = _verdict(victim, x_adv, y, ids, logits)
+    fooled = victim.verdict(x_adv, y, ids, logits)
     x_best, x_fool = x_adv.clone(), x_adv.clone()
     m, v = torch.zeros_like(x), torch.zeros_like(x)
     alive = ~fooled if victim.judges_every_step else torch.ones_like(fooled)
@@ -148,7 +139,7 @@ def _sapgd_run(
             new, y[a], ids[a.cpu()], loss_fn, f"{stream}:i{i + 1}"
         )
         grad[a] = ga
-        hit = _verdict(victim, new, y[a], ids[a.cpu()], logits_a) & ~fooled[a]
+        hit = victim.verdict(new, y[a], ids[a.cpu()], logits_a) & ~fooled[a]
         x_fool[a[hit]] = new[hit]
         fooled[a[hit]] = True
         better = loss_a > loss_best[a]
@@ -190,30 +181,12 @@ def sapgd(
     if x.shape[0] == 0:
         return best
     with eval_mode(model):
-        need = MIN_CLASSES.get(loss, 2) if isinstance(loss, str) else 2
-        classes = true_logits(model, x[:1], ids[:1]).shape[1]
-        if classes < need:
-            raise ValueError(f"SA-PGD with the {loss} loss needs at least {need} classes")
-        for r in range(restarts):
-            rows = todo.nonzero().flatten()
-            if rows.numel() == 0:
-                break
-            rid = ids[rows.cpu()]
-            start = apgd_start(x[rows], eps, norm, victim.random, rid, f"start{r}")
-            out, fooled = _sapgd_run(
-                victim,
-                x[rows],
-                y[rows],
-                rid,
-                start,
-                eps=eps,
-                norm=norm,
-                steps=steps,
-                loss_fn=loss_fn,
-                stream=f"r{r}",
-            )
-            if not victim.judges_every_step:
-                fooled = victim.fooled(out, y[rows], rid)
-            best[rows] = out
-            todo[rows[fooled]] = False
+        if isinstance(loss, str):
+            check_classes(victim, x, ids, loss, "SA-PGD")
+
+        def run(xr, yr, rid, start, rows, stream):
+            return _sapgd_run(victim, xr, yr, rid, start, eps=eps, norm=norm, steps=steps,
+                              loss_fn=loss_fn, stream=stream)  # fmt: skip
+
+        run_restarts(victim, x, y, ids, best, todo, eps=eps, norm=norm, restarts=restarts, run=run)
     return finalize(best, x, eps, norm)

@@ -153,6 +153,14 @@ class Victim:
         with torch.no_grad():
             return self.model(x).argmax(1) != y
 
+    def verdict(
+        self, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, logits: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`step_verdict`, or for stochastic models the gradient forward's own verdict
+        (their final candidates are judged over ``draws`` draws afterwards)."""
+        hit = self.step_verdict(x, y, ids, logits)
+        return logits.argmax(1) != y if hit is None else hit
+
     def gradient(
         self, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, loss_fn: LossFn, stream: str
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
