@@ -286,7 +286,8 @@ def sharper_or_detached(ctx: _Context) -> dict[str, Any]:
     paths = sorted(ctx.suite.path_list(), key=lambda p: -scores.get(p, -math.inf))
     robust = ctx.main_robust()
     found: dict[str, int] = {}
-    for member in probe_members(paths, ctx.suite.steps, ctx.suite.eot):
+    probes = probe_members(paths, ctx.suite.steps, ctx.suite.eot)
+    for member in probes:
         rows = ctx.rows[robust]
         if rows.numel() == 0:
             break
@@ -302,7 +303,7 @@ def sharper_or_detached(ctx: _Context) -> dict[str, Any]:
     return {
         "passed": _ok(missed == 0),
         "eps": ctx.eps,
-        "probes": [m.name for m in probe_members(paths, ctx.suite.steps, ctx.suite.eot)],
+        "probes": [m.name for m in probes],
         "fooled_only_by_probes": missed,
         "by_probe": found,
         "note": "sharper or detached-reset gradients must not fool a sample the suite missed; "
